@@ -1,0 +1,5 @@
+import sys
+
+from normfield.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""analyze subpackage."""
+
+__all__: list[str] = []

@@ -1,0 +1,214 @@
+"""Claim registry.
+
+A claim is a function ``f(ctx: ClaimContext) -> ClaimResult`` decorated with
+:func:`claim`. It computes tidy data (through ``ctx.sweep`` so that results are
+cached and can run on Dask), draws a figure with ``ctx.figure_path``, and
+returns a verdict that compares measured numbers with what the paper states.
+Claim ids are stable (``J-fig3``, ``K-thm3.4`` ...); scripts call them by id.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from normfield.errors import NormfieldError
+
+__all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "all_claims", "get_claim", "run_claims"]
+
+SCALES = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """Static description of a claim.
+
+    Attributes:
+        id: stable identifier, e.g. ``"J-fig3"``.
+        title: one line.
+        paper: ``"Joudaki et al. 2023"`` or ``"Karakida et al. 2019"`` (or ``"normfield"``).
+        reference: equation / figure / theorem number in the paper.
+        statement: the claim as the paper states it, in words.
+        func: ``f(ctx) -> ClaimResult``.
+        order: sort key within the report.
+    """
+
+    id: str
+    title: str
+    paper: str
+    reference: str
+    statement: str
+    func: Callable[["ClaimContext"], "ClaimResult"]
+    order: float = 0.0
+
+
+@dataclass
+class ClaimResult:
+    """Outcome of one claim check.
+
+    Attributes:
+        verdict: ``"PASS"`` or ``"FAIL"``.
+        measured: the numbers computed (JSON-serialisable).
+        expected: what the paper states / the acceptance criterion.
+        settings: the settings used (sizes, seeds, activation, ...).
+        figures: PNG paths written by the claim.
+        data: tidy DataFrames by name (saved to Parquet/CSV by the report).
+        notes: free text, e.g. the investigated cause of a FAIL, or how the
+            quick scale differs from the paper's.
+    """
+
+    verdict: str
+    measured: dict[str, Any]
+    expected: dict[str, Any] | str
+    settings: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    data: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: str = ""
+    # filled in by run_claims
+    id: str = ""
+    title: str = ""
+    paper: str = ""
+    reference: str = ""
+    statement: str = ""
+    wall_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.verdict not in ("PASS", "FAIL"):
+            raise ValueError(f"verdict must be PASS or FAIL, got {self.verdict!r}")
+
+
+@dataclass
+class ClaimContext:
+    """What a claim function gets.
+
+    Attributes:
+        scale: ``"quick"`` (every claim of both papers in minutes on 2 CPU
+            cores) or ``"paper"`` (the papers' own sizes).
+        out_dir: report directory; figures go under ``out_dir / "figures"``.
+        device: ``"cpu"`` or ``"cuda"``.
+        seed: base seed; claims derive per-cell seeds from it.
+        sweep_options: keyword options forwarded to :func:`normfield.runner.run_sweep`
+            (cache directory, fresh, scheduler, dask_local, progress...).
+    """
+
+    scale: str = "quick"
+    out_dir: Path = Path("normfield-report")
+    device: str = "cpu"
+    seed: int = 0
+    sweep_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def figure_path(self, name: str) -> Path:
+        d = Path(self.out_dir) / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{name}.png"
+
+    def sweep(self, fn: Callable[[dict], Any], cells: Iterable[dict], *, name: str) -> pd.DataFrame:
+        """Run ``fn`` over ``cells`` with the runner (cached, local or Dask)."""
+        from normfield.runner import run_sweep
+
+        opts = dict(self.sweep_options)
+        opts.setdefault("progress", self.progress)
+        opts.setdefault("device", self.device)
+        return run_sweep(fn, list(cells), name=name, **opts)
+
+    @property
+    def quick(self) -> bool:
+        return self.scale == "quick"
+
+
+_CLAIMS: dict[str, ClaimSpec] = {}
+_IMPORT_ERRORS: dict[str, str] = {}
+_DISCOVERED = False
+
+
+def claim(
+    id: str, *, title: str, paper: str, reference: str, statement: str, order: float = 0.0
+) -> Callable[[Callable[[ClaimContext], ClaimResult]], Callable[[ClaimContext], ClaimResult]]:
+    """Decorator registering a claim function under a stable ``id``."""
+
+    def deco(func: Callable[[ClaimContext], ClaimResult]) -> Callable[[ClaimContext], ClaimResult]:
+        if id in _CLAIMS and _CLAIMS[id].func.__qualname__ != func.__qualname__:
+            raise RuntimeError(f"claim id {id!r} registered twice")
+        _CLAIMS[id] = ClaimSpec(id, title, paper, reference, statement, func, order)
+        return func
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import normfield.claims as pkg
+
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if mod.name in ("registry",) or mod.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"normfield.claims.{mod.name}")
+        except Exception:  # a broken claim module is reported, not hidden
+            _IMPORT_ERRORS[mod.name] = traceback.format_exc()
+    _DISCOVERED = True
+
+
+def all_claims() -> list[ClaimSpec]:
+    """Every registered claim, in report order."""
+    _discover()
+    return sorted(_CLAIMS.values(), key=lambda c: (c.order, c.id))
+
+
+def get_claim(claim_id: str) -> ClaimSpec:
+    """The claim registered under ``claim_id``; error lists the known ids."""
+    _discover()
+    if claim_id not in _CLAIMS:
+        raise NormfieldError(
+            f"unknown claim id {claim_id!r}; known: {', '.join(c.id for c in all_claims())}",
+            argument="CLAIM_ID",
+        )
+    return _CLAIMS[claim_id]
+
+
+def import_errors() -> dict[str, str]:
+    """Claim modules that failed to import (module name -> traceback)."""
+    _discover()
+    return dict(_IMPORT_ERRORS)
+
+
+def run_claims(
+    ids: Iterable[str] | None, ctx: ClaimContext, *, on_result: Callable[[ClaimResult], None] | None = None
+) -> list[ClaimResult]:
+    """Run the claims ``ids`` (all when None) and return their results.
+
+    A claim that raises is reported as FAIL with the error in ``notes``:
+    the report never hides a crash.
+    """
+    specs = all_claims() if not ids else [get_claim(i) for i in ids]
+    results = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        try:
+            res = spec.func(ctx)
+        except NormfieldError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported as FAIL with its traceback
+            res = ClaimResult(
+                verdict="FAIL",
+                measured={},
+                expected=spec.statement,
+                notes=f"the check crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}",
+            )
+        res.id, res.title, res.paper = spec.id, spec.title, spec.paper
+        res.reference, res.statement = spec.reference, spec.statement
+        res.wall_time_s = time.perf_counter() - t0
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+    return results

@@ -1,0 +1,3 @@
+"""fisher subpackage."""
+
+__all__: list[str] = []

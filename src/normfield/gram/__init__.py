@@ -1,0 +1,3 @@
+"""gram subpackage."""
+
+__all__: list[str] = []

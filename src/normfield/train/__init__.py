@@ -1,0 +1,3 @@
+"""train subpackage."""
+
+__all__: list[str] = []

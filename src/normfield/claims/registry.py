@@ -170,7 +170,7 @@ def get_claim(claim_id: str) -> ClaimSpec:
     _discover()
     if claim_id not in _CLAIMS:
         raise NormfieldError(
-            f"unknown claim id {claim_id!r}; known: {', '.join(c.id for c in all_claims())}",
+            f"CLAIM_ID: unknown claim id {claim_id!r}; known (normfield reproduce --list): {', '.join(c.id for c in all_claims())}",
             argument="CLAIM_ID",
         )
     return _CLAIMS[claim_id]

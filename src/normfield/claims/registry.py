@@ -23,7 +23,7 @@ from normfield.errors import NormfieldError
 
 __all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "all_claims", "get_claim", "run_claims"]
 
-SCALES = ("quick", "paper")
+SCALES = ("smoke", "quick", "paper")  # smoke: tiny sizes, for the test suite only
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,9 @@ class ClaimContext:
 
     Attributes:
         scale: ``"quick"`` (every claim of both papers in minutes on 2 CPU
-            cores) or ``"paper"`` (the papers' own sizes).
+            cores), ``"paper"`` (the papers' own sizes), or ``"smoke"`` (tiny
+            sizes that exercise the code path in the test suite; verdicts at
+            this scale mean nothing).
         out_dir: report directory; figures go under ``out_dir / "figures"``.
         device: ``"cpu"`` or ``"cuda"``.
         seed: base seed; claims derive per-cell seeds from it.
@@ -122,6 +124,12 @@ class ClaimContext:
     @property
     def quick(self) -> bool:
         return self.scale == "quick"
+
+    def pick(self, *, smoke: Any, quick: Any, paper: Any) -> Any:
+        """Choose a setting by scale: ``ctx.pick(smoke=50, quick=1000, paper=10000)``."""
+        if self.scale not in SCALES:
+            raise NormfieldError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}", argument="--scale")
+        return {"smoke": smoke, "quick": quick, "paper": paper}[self.scale]
 
 
 _CLAIMS: dict[str, ClaimSpec] = {}

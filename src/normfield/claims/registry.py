@@ -78,6 +78,7 @@ class ClaimResult:
     reference: str = ""
     statement: str = ""
     wall_time_s: float = 0.0
+    sweeps: list[dict[str, Any]] = field(default_factory=list)  # runner bookkeeping: cells, cached, seeds...
 
     def __post_init__(self) -> None:
         if self.verdict not in ("PASS", "FAIL"):
@@ -106,6 +107,7 @@ class ClaimContext:
     seed: int = 0
     sweep_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    sweep_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def figure_path(self, name: str) -> Path:
         d = Path(self.out_dir) / "figures"
@@ -119,7 +121,9 @@ class ClaimContext:
         opts = dict(self.sweep_options)
         opts.setdefault("progress", self.progress)
         opts.setdefault("device", self.device)
-        return run_sweep(fn, list(cells), name=name, **opts)
+        df = run_sweep(fn, list(cells), name=name, **opts)
+        self.sweep_log.append(dict(df.attrs.get("sweep", {"name": name})))
+        return df
 
     @property
     def quick(self) -> bool:
@@ -202,6 +206,7 @@ def run_claims(
     results = []
     for spec in specs:
         t0 = time.perf_counter()
+        ctx.sweep_log.clear()
         try:
             res = spec.func(ctx)
         except NormfieldError:
@@ -216,6 +221,7 @@ def run_claims(
         res.id, res.title, res.paper = spec.id, spec.title, spec.paper
         res.reference, res.statement = spec.reference, spec.statement
         res.wall_time_s = time.perf_counter() - t0
+        res.sweeps = list(ctx.sweep_log)
         results.append(res)
         if on_result is not None:
             on_result(res)

@@ -39,10 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
-        module = importlib.import_module(f"normfield.cli.{mod.name}")
-        if hasattr(module, "register"):
-            module.register(sub)
+        try:
+            module = importlib.import_module(f"normfield.cli.{mod.name}")
+            if hasattr(module, "register"):
+                module.register(sub)
+        except Exception as e:  # noqa: BLE001 - one broken command must not take the others down
+            _register_broken(sub, mod.name, e)
     return parser
+
+
+class _BrokenCommand(Exception):
+    """A subcommand whose module failed to import (a bug, not bad input: exit 1)."""
+
+
+def _register_broken(sub: argparse._SubParsersAction, name: str, err: Exception) -> None:
+    msg = f"{type(err).__name__}: {err}"
+    try:
+        p = sub.add_parser(name.replace("_", "-"), help=f"(unavailable: {msg[:60]})", add_help=False)
+    except Exception:  # noqa: BLE001 - e.g. the module registered half its parser before failing
+        return
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> None:
+        raise _BrokenCommand(f"command {name!r} is unavailable: its module failed to import ({msg})")
+
+    p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NormfieldError as e:
         print(f"normfield: error: {e}", file=sys.stderr)
         return 2
+    except _BrokenCommand as e:
+        print(f"normfield: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("normfield: interrupted (finished cells are cached; re-run to resume)", file=sys.stderr)
         return 130

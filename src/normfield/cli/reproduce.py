@@ -1,9 +1,15 @@
-"""``normfield reproduce``: run the registered paper claims and write the report."""
+"""``normfield reproduce``: run the registered paper claims and write the report.
+
+Every flag is validated before any claim runs or anything is written: conflicting
+executor flags, an unreachable ``--scheduler``, an unwritable ``--out`` or
+``--cache-dir`` and unknown claim ids all exit with code 2 and one line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,33 +18,127 @@ from normfield.cli._common import add_json_flag, format_table
 from normfield.errors import NormfieldError
 
 
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {v}")
+        return v
+
+    return parse
+
+
+def _nonneg_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 0, got {text!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 0, got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number of seconds, got {text!r}") from None
+        if not (v > 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number > 0, got {text!r}")
+        return v
+
+    return parse
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="reproduce the papers' claims and write a report",
-                       description="Run the registered paper claims (all by default) and write "
-                       "report.md, report.html, results.json, figures and tidy data into --out.")
+    p = sub.add_parser(
+        "reproduce",
+        help="reproduce the papers' claims and write a report",
+        description="Run the registered paper claims (all by default) and write report.md, a "
+        "self-contained report.html, results.json, figures and tidy data (Parquet/CSV) into --out. "
+        "Finished sweep cells are cached (default OUT/.cache): re-running an interrupted run "
+        "computes only what is missing.",
+    )
     p.add_argument("claims", nargs="*", metavar="CLAIM_ID", help="claim ids (default: all)")
     p.add_argument("--scale", default="quick", choices=["quick", "paper"],
-                   help="quick (minutes on 2 CPU cores, default) or paper (the papers' sizes)")
+                   help="quick (every claim in minutes on 2 CPU cores, default) or paper (the papers' sizes)")
     p.add_argument("--out", default="normfield-report", help="output directory (default ./normfield-report)")
     p.add_argument("--list", action="store_true", help="list the claim ids and exit")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="base seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g = p.add_argument_group("execution (default: in this process)")
+    g.add_argument("--workers", type=_positive_int("--workers"), default=None,
+                   help="run sweep cells in a local pool of N processes")
+    g.add_argument("--dask-local", type=_positive_int("--dask-local"), default=None, metavar="N",
+                   help="start a Dask LocalCluster of N worker processes")
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run sweep cells on an existing Dask scheduler")
+    g.add_argument("--scheduler-timeout", type=_positive_float("--scheduler-timeout"), default=5.0,
+                   metavar="S", help="seconds to wait for --scheduler before giving up (default 5)")
+    g.add_argument("--threads", type=_nonneg_int("--threads"), default=1,
+                   help="torch/BLAS threads per cell (default 1: bit-identical numbers on every "
+                   "executor; 0 = leave torch's default, faster in-process)")
+    c = p.add_argument_group("results cache")
+    c.add_argument("--cache-dir", default=None, help="results cache directory (default OUT/.cache)")
+    c.add_argument("--fresh", action="store_true", help="ignore cached cells and recompute them")
+    c.add_argument("--no-cache", action="store_true", help="do not read or write the results cache")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
-def _writable(out: Path) -> None:
+def _writable_dir(path: Path, flag: str) -> None:
+    """Refuse a directory that cannot be created or written (creates it)."""
+    if path.exists() and not path.is_dir():
+        raise NormfieldError(f"{flag} {str(path)!r} exists and is not a directory", argument=flag)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise NormfieldError(f"--out {str(out)!r} cannot be created: {e.strerror}", argument="--out") from None
-    if not os.access(out, os.W_OK):
-        raise NormfieldError(f"--out {str(out)!r} is not writable", argument="--out")
+        raise NormfieldError(f"{flag} {str(path)!r} cannot be created: {e.strerror}", argument=flag) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise NormfieldError(f"{flag} {str(path)!r} is not writable", argument=flag)
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """Refuse, without creating anything, a directory that could not be created/written."""
+    if path.exists():
+        if not path.is_dir():
+            raise NormfieldError(f"{flag} {str(path)!r} exists and is not a directory", argument=flag)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise NormfieldError(f"{flag} {str(path)!r} is not writable", argument=flag)
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise NormfieldError(f"{flag} {str(path)!r} cannot be created ({str(parent)!r} is not a writable "
+                             "directory)", argument=flag)
+
+
+def _check_conflicts(args: argparse.Namespace) -> None:
+    pairs = [
+        ("scheduler", "--scheduler", "dask_local", "--dask-local"),
+        ("scheduler", "--scheduler", "workers", "--workers"),
+        ("dask_local", "--dask-local", "workers", "--workers"),
+        ("no_cache", "--no-cache", "cache_dir", "--cache-dir"),
+        ("no_cache", "--no-cache", "fresh", "--fresh"),
+    ]
+    for a, fa, b, fb in pairs:
+        va, vb = getattr(args, a), getattr(args, b)
+        if va not in (None, False) and vb not in (None, False):
+            raise NormfieldError(f"{fa} and {fb} conflict: give one of them", argument=f"{fa}/{fb}")
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.claims.registry import ClaimContext, ClaimResult, all_claims, get_claim, import_errors
+    from normfield.runner.sweep import open_executors, prepare_executor, shutdown_executors
 
     if args.list:
         specs = all_claims()
@@ -48,43 +148,91 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     ids = list(args.claims)
     for i in ids:  # validate all ids before any work
         get_claim(i)
-    if args.device.startswith("cuda"):
-        import torch
+    _check_conflicts(args)
+    out = Path(args.out).expanduser()
+    _check_creatable(out, "--out")
+    cache_dir = None if args.no_cache else (Path(args.cache_dir).expanduser() if args.cache_dir
+                                            else out / ".cache")
+    if cache_dir is not None:
+        from normfield.runner.cache import ResultCache
 
-        if not torch.cuda.is_available():
-            raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
-                                 argument="--device")
-    elif args.device != "cpu":
-        raise NormfieldError(f"--device must be cpu or cuda, got {args.device!r}", argument="--device")
-    out = Path(args.out)
-    _writable(out)
+        _check_creatable(cache_dir, "--cache-dir")
+        with ResultCache(cache_dir) as store:
+            store.check()  # a corrupt store is refused now, not after the first claim ran
+    if args.scheduler is not None:
+        from normfield.runner.sweep import _parse_scheduler
+
+        _parse_scheduler(args.scheduler)  # format first: no connection attempt on a malformed address
+    opened_before = open_executors()
+    executor = prepare_executor(scheduler=args.scheduler, dask_local=args.dask_local, workers=args.workers,
+                                threads=args.threads, timeout=args.scheduler_timeout, device=args.device)
+    _writable_dir(out, "--out")
+    sweep_options: dict[str, Any] = {
+        "cache_dir": cache_dir,
+        "fresh": args.fresh,
+        "scheduler": args.scheduler,
+        "dask_local": args.dask_local,
+        "workers": args.workers,
+        "threads": args.threads,
+        "timeout": args.scheduler_timeout,
+    }
     ctx = ClaimContext(scale=args.scale, out_dir=out, device=args.device, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, sweep_options=sweep_options)
     from normfield.claims.registry import run_claims
     from normfield.report import write_report
 
+    n_claims = len(ids) if ids else len(all_claims())
+    done: list[str] = []
+
+    def on_result(r: ClaimResult) -> None:  # one line per finished claim, on stderr
+        done.append(r.id)
+        if not args.no_progress:
+            print(f"[{len(done)}/{n_claims}] {r.id}: {r.verdict} ({r.wall_time_s:.1f} s)", file=sys.stderr,
+                  flush=True)
+
     t0 = time.perf_counter()
-    results = run_claims(ids or None, ctx)
+    try:
+        results = run_claims(ids or None, ctx, on_result=on_result)
+    finally:
+        shutdown_executors(keep=opened_before)  # close the pools/clusters this command opened
     if not ids:
         for mod, tb in import_errors().items():
             results.append(ClaimResult(verdict="FAIL", measured={}, expected="the claim module imports",
                                        notes=tb, id=f"import:{mod}", title=f"claims module {mod} failed to import"))
-    meta = {"scale": args.scale, "seed": args.seed, "device": args.device, "claims": ids or "all",
-            "wall_time_s": time.perf_counter() - t0}
-    write_report(results, out, meta=meta)
+    meta = {
+        "scale": args.scale,
+        "seed": args.seed,
+        "device": args.device,
+        "claims": ids or "all",
+        "executor": executor,
+        "workers": args.workers if executor == "process" else (args.dask_local if args.dask_local else None),
+        "scheduler": args.scheduler,
+        "threads": args.threads,
+        "cache_dir": str(cache_dir) if cache_dir is not None else None,
+        "fresh": args.fresh,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    paths = write_report(results, out, meta=meta)
     payload = {
         "claims": [
             {"id": r.id, "title": r.title, "verdict": r.verdict, "measured": r.measured,
-             "expected": r.expected, "wall_time_s": r.wall_time_s}
+             "expected": r.expected, "wall_time_s": r.wall_time_s,
+             "cells": sum(s.get("cells", 0) for s in r.sweeps),
+             "cached": sum(s.get("cached", 0) for s in r.sweeps)}
             for r in results
         ],
+        "scale": args.scale,
         "out": str(out),
+        "report": str(paths["html"]),
+        "wall_time_s": meta["wall_time_s"],
     }
 
     def render(p: dict) -> str:
-        rows = [{"id": c["id"], "verdict": c["verdict"], "s": round(c["wall_time_s"], 1), "title": c["title"]}
+        rows = [{"id": c["id"], "verdict": c["verdict"], "s": round(c["wall_time_s"], 1),
+                 "cells": f"{c['cells']} ({c['cached']} cached)", "title": c["title"]}
                 for c in p["claims"]]
         n = sum(c["verdict"] == "PASS" for c in p["claims"])
-        return format_table(rows) + f"\n\n{n}/{len(rows)} PASS; report written to {p['out']}/report.html"
+        return (format_table(rows) + f"\n\n{n}/{len(rows)} PASS at scale {p['scale']} in "
+                f"{p['wall_time_s']:.1f} s; report written to {p['report']}")
 
     return payload, render

@@ -1,4 +1,18 @@
-"""Write the report of a ``normfield reproduce`` run."""
+"""Write the report of a ``normfield reproduce`` run.
+
+Files written into ``out_dir`` (each atomically: a temporary file then
+``os.replace``, so an interrupted run never leaves a half-written report):
+
+* ``report.html`` — one self-contained page: figures embedded as base64 data
+  URIs, no external CSS/JS; a summary table and one section per claim
+  (statement with paper and equation/figure number, settings, measured numbers,
+  expected, verdict, notes, runner bookkeeping).
+* ``report.md`` — the same in Markdown, figures linked relatively.
+* ``results.json`` — machine-readable: versions (normfield, torch, numpy,
+  python), device, the run's settings (scale, base seed, executor), and per
+  claim the verdict, numbers, seeds used and wall time.
+* ``data/<claim>_<name>.parquet`` and ``.csv`` — each claim's tidy tables.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +20,51 @@ import base64
 import html
 import json
 import math
+import os
 import platform
+import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["write_report", "jsonable", "environment"]
+__all__ = ["write_report", "jsonable", "environment", "atomic_write"]
+
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
 def jsonable(x: Any) -> Any:
     """Convert numpy/pandas/paths to plain JSON; non-finite floats become strings."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple, set)):
         return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
         return jsonable(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (np.floating, float)):
         v = float(x)
         return v if math.isfinite(v) else str(v)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
     if isinstance(x, Path):
         return str(x)
-    return x
+    if hasattr(x, "to_dict") and callable(x.to_dict):
+        try:
+            return jsonable(x.to_dict())
+        except Exception:  # noqa: BLE001 - fall through to str
+            pass
+    if x is None or isinstance(x, (str, int)):
+        return x
+    return str(x)
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:
     """Versions and machine, for results.json."""
+    import pandas as pd
     import torch
 
     from normfield._version import __version__
@@ -45,72 +72,166 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     dev = device
     if device.startswith("cuda") and torch.cuda.is_available():
         dev = f"{device} ({torch.cuda.get_device_name(0)})"
-    return {
+    env = {
         "normfield": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "pandas": pd.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": dev,
-        "cpu_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    try:
+        import distributed
+
+        env["distributed"] = distributed.__version__
+    except ImportError:  # pragma: no cover - optional extra
+        pass
+    return env
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a report is as readable as any file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.4g}"
     if isinstance(v, dict):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
+        if len(v) > 12:
+            return "[" + ", ".join(_fmt(x) for x in v[:6]) + f", … ({len(v)} values)]"
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _seeds(r: Any, base: Any) -> list[int]:
+    seeds: set[int] = set()
+    for s in getattr(r, "sweeps", []) or []:
+        seeds.update(int(x) for x in s.get("seeds", []))
+    for k, v in (r.settings or {}).items():
+        if "seed" in str(k).lower():
+            if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+                seeds.add(int(v))
+            elif isinstance(v, (list, tuple)):
+                seeds.update(int(x) for x in v if isinstance(x, (int, np.integer)))
+    if not seeds and isinstance(base, int):
+        seeds.add(base)
+    return sorted(seeds)
+
+
+def _html_kv(d: Any) -> str:
+    if not isinstance(d, dict):
+        return f"<p>{html.escape(_fmt(d))}</p>"
+    if not d:
+        return "<p><i>(none)</i></p>"
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in d.items())
+    return f"<table class='kv'>{rows}</table>"
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:0 1em;color:#222}"
+    "img.figure{max-width:100%;display:block;margin:.5em 0;border:1px solid #eee}"
+    "table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;"
+    "vertical-align:top}table.kv th{background:#f6f8fa;font-weight:600}"
+    ".PASS{color:#1a7f37;font-weight:700}.FAIL{color:#cf222e;font-weight:700}"
+    ".banner{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em}"
+    "section{border-top:2px solid #ddd;margin-top:1.5em}pre{white-space:pre-wrap}"
+)
+
+
 def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any]) -> dict[str, Path]:
-    """Write report.md, report.html, results.json and data/*.parquet|csv.
+    """Write report.html, report.md, results.json and data/*.parquet|csv.
 
     Args:
-        results: :class:`normfield.claims.ClaimResult` objects.
+        results: :class:`normfield.claims.ClaimResult` objects (verdict, measured,
+            expected, settings, figures, data, notes, id/title/paper/reference/
+            statement, wall_time_s, sweeps).
         out_dir: target directory (created).
-        meta: run settings (scale, seed, device, ...), merged into results.json.
+        meta: the run's settings (scale, seed, device, executor, ...); stored
+            under ``"run"`` in results.json.
 
     Returns:
-        Paths written, by kind.
+        Paths written, by kind: ``json``, ``md``, ``html`` and ``data`` (a list).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
-    env = environment(meta.get("device", "cpu"))
-    claims_json = []
-    md = [f"# normfield reproduction report\n", f"Scale: **{meta.get('scale')}** · "
-          f"normfield {env['normfield']} · torch {env['torch']} · device {env['device']}\n"]
+    env = environment(str(meta.get("device", "cpu")))
+    scale = str(meta.get("scale", "?"))
     n_pass = sum(r.verdict == "PASS" for r in results)
-    md.append(f"{n_pass}/{len(results)} claims PASS.\n")
-    md.append("| claim | paper | reference | verdict | wall time (s) |\n|---|---|---|---|---|")
+    claims_json = []
+    data_written: list[Path] = []
+    md_sections: list[str] = []
+    html_sections: list[str] = []
     for r in results:
-        md.append(f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | {r.wall_time_s:.1f} |")
-    md.append("")
-    body = []
-    for r in results:
+        # -- tidy data --------------------------------------------------------
         data_files = []
-        for name, df in r.data.items():
+        for name, df in (r.data or {}).items():
+            stem = _safe(f"{r.id}_{name}")
             data_dir.mkdir(parents=True, exist_ok=True)
-            stem = f"{r.id}_{name}".replace("/", "_")
-            df.to_csv(data_dir / f"{stem}.csv", index=False)
+            csv = data_dir / f"{stem}.csv"
+            atomic_write(csv, df.to_csv(index=False))
+            data_written.append(csv)
             try:
-                df.to_parquet(data_dir / f"{stem}.parquet", index=False)
-                data_files.append(f"data/{stem}.parquet")
-            except Exception:  # noqa: BLE001 - mixed-type columns: CSV still written
+                import io
+
+                buf = io.BytesIO()
+                df.to_parquet(buf, index=False)
+                pq = data_dir / f"{stem}.parquet"
+                atomic_write(pq, buf.getvalue())
+                data_written.append(pq)
+                data_files.append(f"data/{pq.name}")
+            except Exception:  # noqa: BLE001 - mixed-type columns: the CSV still holds the table
                 pass
-            data_files.append(f"data/{stem}.csv")
-        figs = [Path(f) for f in r.figures]
-        rel_figs = []
-        for f in figs:
+            data_files.append(f"data/{csv.name}")
+        # -- figures ----------------------------------------------------------
+        figs, rel_figs, missing = [], [], []
+        for f in r.figures or []:
+            f = Path(f)
             try:
-                rel_figs.append(str(f.resolve().relative_to(out.resolve())))
+                rel = str(f.resolve().relative_to(out.resolve()))
             except ValueError:
-                rel_figs.append(str(f))
+                rel = str(f)
+            if f.is_file() and f.stat().st_size > 0:
+                figs.append(f)
+                rel_figs.append(rel)
+            else:
+                missing.append(rel)
+        seeds = _seeds(r, meta.get("seed"))
+        sweeps = [jsonable(s) for s in (getattr(r, "sweeps", None) or [])]
         claims_json.append(
             jsonable(
                 {
@@ -123,71 +244,102 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
                     "measured": r.measured,
                     "expected": r.expected,
                     "settings": r.settings,
+                    "seeds": seeds,
                     "notes": r.notes,
                     "figures": rel_figs,
+                    "missing_figures": missing,
                     "data": data_files,
                     "wall_time_s": r.wall_time_s,
+                    "sweeps": sweeps,
                 }
             )
         )
-        md.append(f"## {r.id}: {r.title} — **{r.verdict}**\n")
-        md.append(f"*{r.paper}, {r.reference}.* {r.statement}\n")
-        md.append(f"- settings: {_fmt(r.settings)}")
-        md.append(f"- measured: {_fmt(r.measured)}")
-        md.append(f"- expected: {_fmt(r.expected)}")
-        md.append(f"- wall time: {r.wall_time_s:.1f} s")
+        cells = sum(s.get("cells", 0) for s in sweeps)
+        cached = sum(s.get("cached", 0) for s in sweeps)
+        runner_line = (f"{cells} sweep cells ({cached} from cache), seeds {_fmt(seeds)}" if sweeps
+                       else f"seeds {_fmt(seeds)}")
+        # -- markdown -----------------------------------------------------------
+        md = [f"## {r.id}: {r.title} — **{r.verdict}**\n", f"*{r.paper}, {r.reference}.* {r.statement}\n",
+              f"- settings: {_fmt(r.settings)}", f"- measured: {_fmt(r.measured)}",
+              f"- expected: {_fmt(r.expected)}", f"- wall time: {r.wall_time_s:.1f} s; {runner_line}"]
         if r.notes:
-            md.append(f"- notes: {r.notes}")
-        for f in rel_figs:
-            md.append(f"\n![{r.id}]({f})")
-        md.append("")
+            md.append("- notes: " + r.notes.strip().replace("\n", "\n  "))
+        md += [f"\n![{r.id}]({f})" for f in rel_figs]
+        md += [f"\n*(figure {f} missing)*" for f in missing]
+        md_sections.append("\n".join(md) + "\n")
+        # -- html ---------------------------------------------------------------
         imgs = []
         for f in figs:
-            if Path(f).exists():
-                b64 = base64.b64encode(Path(f).read_bytes()).decode("ascii")
-                imgs.append(
-                    f'<img class="figure" alt="{html.escape(r.id)}" src="data:image/png;base64,{b64}"/>'
-                )
-        color = "#1a7f37" if r.verdict == "PASS" else "#cf222e"
-        body.append(
-            f'<section id="{html.escape(r.id)}"><h2>{html.escape(r.id)}: {html.escape(r.title)} '
-            f'<span style="color:{color}">{r.verdict}</span></h2>'
-            f"<p><em>{html.escape(r.paper)}, {html.escape(r.reference)}.</em> {html.escape(r.statement)}</p>"
-            f"<ul><li><b>settings</b>: {html.escape(_fmt(r.settings))}</li>"
-            f"<li><b>measured</b>: {html.escape(_fmt(r.measured))}</li>"
-            f"<li><b>expected</b>: {html.escape(_fmt(r.expected))}</li>"
-            f"<li><b>wall time</b>: {r.wall_time_s:.1f} s</li>"
-            + (f"<li><b>notes</b>: <pre>{html.escape(r.notes)}</pre></li>" if r.notes else "")
-            + "</ul>"
+            mime = _MIME.get(f.suffix.lower(), "application/octet-stream")
+            b64 = base64.b64encode(f.read_bytes()).decode("ascii")
+            imgs.append(f'<figure><img class="figure" alt="{html.escape(r.id)}: {html.escape(f.name)}" '
+                        f'data-name="{html.escape(f.name)}" src="data:{mime};base64,{b64}"/>'
+                        f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
+        imgs += [f"<p class='FAIL'>figure {html.escape(m)} is missing</p>" for m in missing]
+        html_sections.append(
+            f'<section id="{html.escape(r.id)}"><h2>{html.escape(r.id)}: {html.escape(r.title)} — '
+            f'<span class="{r.verdict}">{r.verdict}</span></h2>'
+            f"<p><b>{html.escape(r.paper)}, {html.escape(r.reference)}.</b> {html.escape(r.statement)}</p>"
+            f"<h3>Settings</h3>{_html_kv(r.settings)}"
+            f"<h3>Measured</h3>{_html_kv(r.measured)}"
+            f"<h3>Expected</h3>{_html_kv(r.expected)}"
+            f"<p>Verdict: <span class='{r.verdict}'>{r.verdict}</span>; wall time {r.wall_time_s:.1f} s; "
+            f"{html.escape(runner_line)}</p>"
+            + (f"<h3>Notes</h3><pre>{html.escape(r.notes)}</pre>" if r.notes else "")
             + "".join(imgs)
             + "</section>"
         )
+
+    scale_note = ""
+    if scale != "paper":
+        scale_note = (
+            f"These verdicts were computed at scale <b>{html.escape(scale)}</b> (reduced sizes and fewer "
+            "seeds than the papers). Each claim's notes say where its verdict may differ at the papers' "
+            "sizes; run <code>normfield reproduce --scale paper</code> for those."
+        )
+    # -- results.json ------------------------------------------------------------
     results_json = {
         "environment": env,
         "run": jsonable(meta),
+        "summary": {"claims": len(results), "pass": n_pass, "fail": len(results) - n_pass, "scale": scale},
         "claims": claims_json,
     }
-    paths = {
-        "json": out / "results.json",
-        "md": out / "report.md",
-        "html": out / "report.html",
-    }
-    paths["json"].write_text(json.dumps(results_json, indent=2))
-    paths["md"].write_text("\n".join(md) + "\n")
+    paths: dict[str, Any] = {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html",
+                             "data": data_written}
+    atomic_write(paths["json"], json.dumps(results_json, indent=2, allow_nan=False))
+    # -- report.md -----------------------------------------------------------------
+    head = [
+        "# normfield reproduction report\n",
+        f"Scale: **{scale}** · seed {meta.get('seed')} · normfield {env['normfield']} · torch {env['torch']} · "
+        f"numpy {env['numpy']} · device {env['device']} · executor {meta.get('executor', 'local')}\n",
+        f"{n_pass}/{len(results)} claims PASS.\n",
+    ]
+    if scale_note:
+        head.append("> " + re.sub(r"</?(b|code)>", lambda m: "`" if "code" in m.group(0) else "**", scale_note)
+                    + "\n")
+    head.append("| claim | paper | reference | verdict | wall time (s) |\n|---|---|---|---|---|")
+    head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | {r.wall_time_s:.1f} |"
+             for r in results]
+    atomic_write(paths["md"], "\n".join(head) + "\n\n" + "\n".join(md_sections))
+    # -- report.html -----------------------------------------------------------------
     rows = "".join(
         f"<tr><td><a href='#{html.escape(r.id)}'>{html.escape(r.id)}</a></td><td>{html.escape(r.paper)}</td>"
-        f"<td>{html.escape(r.reference)}</td><td>{r.verdict}</td><td>{r.wall_time_s:.1f}</td></tr>"
+        f"<td>{html.escape(r.reference)}</td><td class='{r.verdict}'>{r.verdict}</td>"
+        f"<td>{r.wall_time_s:.1f}</td></tr>"
         for r in results
     )
-    paths["html"].write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>normfield report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img.figure{max-width:100%}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
-        f"<h1>normfield reproduction report</h1><p>Scale: <b>{html.escape(str(meta.get('scale')))}</b>; "
-        f"normfield {env['normfield']}, torch {env['torch']}, device {html.escape(env['device'])}; "
+    env_rows = _html_kv({k: env[k] for k in ("normfield", "torch", "numpy", "python", "device", "platform", "date")})
+    run_rows = _html_kv({k: v for k, v in meta.items() if v is not None})
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>normfield report</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>normfield reproduction report</h1><p>Scale <b>{html.escape(scale)}</b>: "
         f"{n_pass}/{len(results)} claims PASS.</p>"
-        f"<table><tr><th>claim</th><th>paper</th><th>reference</th><th>verdict</th><th>s</th></tr>{rows}</table>"
-        + "".join(body)
+        + (f"<p class='banner'>{scale_note}</p>" if scale_note else "")
+        + "<table><tr><th>claim</th><th>paper</th><th>reference</th><th>verdict</th><th>wall time (s)</th></tr>"
+        f"{rows}</table><details><summary>environment and run settings</summary>{env_rows}{run_rows}</details>"
+        + "".join(html_sections)
         + "</body></html>"
     )
+    atomic_write(paths["html"], page)
     return paths

@@ -1,0 +1,107 @@
+"""Overheads and speed-ups of the sweep runner (normfield.runner); ratios measured in one run.
+
+Targets (issue 5):
+  1. Runner bookkeeping (hash, settings columns, tidy concat) on trivial cells
+     costs < 1 ms per cell over a plain Python loop.
+  2. Cache: a fully cached re-run is >= 20× faster than computing cells of ~50 ms,
+     and committing a cell (one SQLite transaction, fsync) costs < 20 ms.
+  3. Process pool of N = cores workers on CPU-bound single-threaded cells:
+     >= 0.6·N× faster than in-process once the pool is warm.
+  4. Dask LocalCluster(N) on the same cells (warm): >= 0.5·N× faster than in-process.
+
+Usage:  python benchmarks/bench_runner.py [--cells 16] [--samples 1500000] [--json] [--no-dask]
+Under CPU contention (other jobs on the machine) the parallel ratios drop; the
+script prints the load average next to the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+from normfield.runner import run_sweep
+from normfield.runner.examples import mc_kernel_cell
+from normfield.runner.sweep import shutdown_executors
+
+
+def _trivial(cell: dict) -> dict:
+    return {"y": cell["seed"] * 2.0}
+
+
+def _timed(fn, *a, **kw):
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=1_500_000, help="Monte Carlo samples per cell (sets cell cost)")
+    ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    ncpu = os.cpu_count() or 1
+    res: dict = {"cpu_count": ncpu, "load_avg_1min": os.getloadavg()[0]}
+
+    # 1. bookkeeping per cell over a plain loop
+    cells = [{"seed": s} for s in range(2000)]
+    t_plain, _ = _timed(lambda: [_trivial(dict(c)) for c in cells])
+    t_run, _ = _timed(run_sweep, _trivial, cells, name="bench", progress=False)
+    res["overhead_ms_per_cell"] = 1e3 * (t_run - t_plain) / len(cells)
+
+    # 2. cache: compute, then cached re-run
+    work = [{"rho": 0.5, "seed": s, "samples": args.samples // 20} for s in range(args.cells)]
+    with tempfile.TemporaryDirectory() as d:
+        t_nocache, _ = _timed(run_sweep, mc_kernel_cell, work, name="bench", progress=False)
+        t_first, _ = _timed(run_sweep, mc_kernel_cell, work, name="bench", progress=False, cache_dir=d)
+        t_hit, df = _timed(run_sweep, mc_kernel_cell, work, name="bench", progress=False, cache_dir=d)
+        assert df.attrs["sweep"]["cached"] == len(work)
+    res["cell_ms"] = 1e3 * t_nocache / len(work)
+    res["cache_commit_ms_per_cell"] = 1e3 * (t_first - t_nocache) / len(work)
+    res["cached_rerun_speedup"] = t_first / t_hit
+
+    # 3./4. parallel executors on CPU-bound cells (threads=1 per cell everywhere)
+    heavy = [{"rho": 0.3, "seed": s, "samples": args.samples} for s in range(args.cells)]
+    t_local, ref = _timed(run_sweep, mc_kernel_cell, heavy, name="bench", progress=False)
+    t_pool_cold, _ = _timed(run_sweep, mc_kernel_cell, heavy[:ncpu], name="bench", progress=False, workers=ncpu)
+    t_pool, pool = _timed(run_sweep, mc_kernel_cell, heavy, name="bench", progress=False, workers=ncpu)
+    res["local_s"] = t_local
+    res["pool_start_s"] = t_pool_cold
+    res["pool_s"] = t_pool
+    res["pool_speedup"] = t_local / t_pool
+    res["pool_identical"] = bool(pool.equals(ref))
+    if not args.no_dask:
+        t_dask_cold, _ = _timed(run_sweep, mc_kernel_cell, heavy[:ncpu], name="bench", progress=False,
+                                dask_local=ncpu)
+        t_dask, dk = _timed(run_sweep, mc_kernel_cell, heavy, name="bench", progress=False, dask_local=ncpu)
+        res["dask_start_s"] = t_dask_cold
+        res["dask_s"] = t_dask
+        res["dask_speedup"] = t_local / t_dask
+        res["dask_identical"] = bool(dk.equals(ref))
+    shutdown_executors()
+
+    targets = {
+        "1 overhead < 1 ms/cell": res["overhead_ms_per_cell"] < 1.0,
+        "2a cached re-run >= 20x": res["cached_rerun_speedup"] >= 20,
+        "2b commit < 20 ms/cell": res["cache_commit_ms_per_cell"] < 20,
+        "3 pool >= 0.6 N x": res["pool_speedup"] >= 0.6 * ncpu,
+    }
+    if not args.no_dask:
+        targets["4 dask >= 0.5 N x"] = res["dask_speedup"] >= 0.5 * ncpu
+    res["targets"] = targets
+    if args.json:
+        print(json.dumps(res))
+        return
+    for k, v in res.items():
+        if k != "targets":
+            print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
+    for k, ok in targets.items():
+        print(f"target {k:26s} {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

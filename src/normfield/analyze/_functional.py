@@ -1,0 +1,195 @@
+"""A PyTorch module as a pure function of its parameters, over the whole batch.
+
+The diagnostics of :mod:`normfield.analyze` differentiate the model's output on
+the *whole* batch at once (so train-mode batch-norm couplings between samples
+are exact) with :mod:`torch.func`, without touching the model:
+
+* parameters and buffers are passed to :func:`torch.func.functional_call` as
+  copies (cast to the analysis dtype/device), so nothing is written into the
+  model's own tensors;
+* batch-norm layers in training mode are switched, for the duration of the
+  call only, to ``track_running_stats=False``: their output is identical (batch
+  statistics are used either way) but running statistics and
+  ``num_batches_tracked`` are not updated;
+* the train/eval flag of every sub-module is saved and restored in a
+  ``finally`` block, and no ``.grad`` is ever written (``torch.func`` returns
+  gradients instead of accumulating them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from normfield.errors import NormfieldError
+
+__all__ = ["ModelFunction", "model_state_guard", "select_parameters"]
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@contextlib.contextmanager
+def model_state_guard(model: nn.Module, mode: str = "as-is") -> Iterator[nn.Module]:
+    """Run code on ``model`` and give it back exactly as it was.
+
+    Args:
+        model: the module.
+        mode: ``"as-is"`` (keep each sub-module's train/eval flag), ``"train"``
+            or ``"eval"`` (set for the duration of the block).
+
+    Yields:
+        the same module, with train-mode batch norms not tracking statistics.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    tracked = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BN_TYPES)]
+    try:
+        if mode == "train":
+            model.train()
+        elif mode == "eval":
+            model.eval()
+        for m, _ in tracked:
+            if m.training:
+                # identical output (batch statistics), no running-stat update
+                m.track_running_stats = False
+        yield model
+    finally:
+        for m, t in tracked:
+            m.track_running_stats = t
+        for m, f in flags:
+            m.training = f
+
+
+def select_parameters(model: nn.Module, parameters: Sequence[str] | str | None) -> list[str]:
+    """Names of the parameters to differentiate.
+
+    Args:
+        model: the module.
+        parameters: ``None`` (every parameter with ``requires_grad``), or names /
+            glob patterns (``"fc.*"``) matched against ``model.named_parameters()``.
+
+    Returns:
+        the selected names, in ``named_parameters`` order.
+
+    Raises:
+        NormfieldError: nothing selected, or a pattern that matches nothing.
+    """
+    named = list(model.named_parameters())
+    if not named:
+        raise NormfieldError("model has no parameters; there is no Fisher/NTK to analyze", argument="model")
+    if parameters is None:
+        names = [n for n, p in named if p.requires_grad]
+        if not names:
+            raise NormfieldError(
+                "parameters: no parameter of the model requires grad; call "
+                "p.requires_grad_(True) on the ones to analyze, or name them with parameters=[...]",
+                argument="parameters",
+            )
+        return names
+    if isinstance(parameters, str):
+        parameters = [parameters]
+    all_names = [n for n, _ in named]
+    chosen: list[str] = []
+    for pat in parameters:
+        hits = [n for n in all_names if n == pat or fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise NormfieldError(
+                f"parameters: {pat!r} matches no parameter; known names: {', '.join(all_names[:20])}"
+                + (" ..." if len(all_names) > 20 else ""),
+                argument="parameters",
+            )
+        chosen.extend(h for h in hits if h not in chosen)
+    return [n for n in all_names if n in chosen]
+
+
+OutputsArg = Callable[[Any], torch.Tensor] | Sequence[int] | None
+
+
+@dataclass
+class ModelFunction:
+    """``theta -> f(theta)``: the model's outputs on a fixed batch, flattened.
+
+    The output of ``model(inputs)`` (after ``outputs`` selection) must be a
+    tensor of shape (T, ...); it is flattened to (T, C) and then to (T·C,) in
+    sample-major order (index ``t * C + k``).
+
+    Attributes:
+        model: the module (not modified).
+        inputs: the batch, shape (T, ...), already on the analysis device/dtype.
+        names: differentiated parameter names.
+        theta: their values (detached copies), name -> tensor.
+        frozen: every other parameter and buffer (detached copies).
+        outputs: ``None``, a callable applied to the model's output, or a
+            sequence of output indices (columns of the (T, C) output).
+        center: subtract the batch mean of every output (Karakida et al. 2019,
+            eq. 15: last-layer mean subtraction f̄ = u_L − E[u_L]).
+    """
+
+    model: nn.Module
+    inputs: Any
+    names: list[str]
+    theta: dict[str, torch.Tensor]
+    frozen: dict[str, torch.Tensor]
+    outputs: OutputsArg = None
+    center: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        inputs: Any,
+        names: list[str],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        outputs: OutputsArg = None,
+        center: bool = False,
+    ) -> "ModelFunction":
+        theta, frozen = {}, {}
+        for n, p in model.named_parameters():
+            v = p.detach().to(device=device, dtype=dtype if p.is_floating_point() else p.dtype).clone()
+            (theta if n in names else frozen)[n] = v
+        for n, b in model.named_buffers():
+            if b is None:
+                continue
+            frozen[n] = b.detach().to(device=device, dtype=dtype if b.is_floating_point() else b.dtype).clone()
+        return cls(model, inputs, list(names), theta, frozen, outputs, center)
+
+    def with_center(self, center: bool) -> "ModelFunction":
+        return ModelFunction(self.model, self.inputs, self.names, self.theta, self.frozen, self.outputs, center)
+
+    # -- evaluation ------------------------------------------------------------
+    def raw(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's output on the batch, shape (T, C) (before centering)."""
+        out = torch.func.functional_call(self.model, {**self.frozen, **theta}, (self.inputs,))
+        if callable(self.outputs):
+            out = self.outputs(out)
+        if not isinstance(out, torch.Tensor):
+            raise NormfieldError(
+                f"model output must be a tensor of shape (batch, ...), got {type(out).__name__}; "
+                "pass outputs=lambda out: out[...] selecting the tensor to analyze",
+                argument="outputs",
+            )
+        if out.dim() == 0:
+            raise NormfieldError("model output is a scalar; it must have a batch dimension (T, ...)",
+                                 argument="outputs")
+        out = out.reshape(out.shape[0], -1)
+        if self.outputs is not None and not callable(self.outputs):
+            idx = torch.as_tensor(list(self.outputs), dtype=torch.long, device=out.device)
+            out = out.index_select(1, idx)
+        return out
+
+    def __call__(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
+        """f(θ) flattened to (T·C,), sample-major, centered if ``center``."""
+        out = self.raw(theta)
+        if self.center:
+            out = out - out.mean(dim=0, keepdim=True)
+        return out.reshape(-1)
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(v.numel() for v in self.theta.values()))

@@ -1,0 +1,121 @@
+"""The result of :func:`normfield.analyze`: Fisher/NTK statistics and per-layer Gram diagnostics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normfield.analyze.ntk import FisherSpectrum
+
+__all__ = ["AnalysisResult"]
+
+
+@dataclass
+class AnalysisResult:
+    """Normalization diagnostics of one model on one batch.
+
+    Attributes:
+        fisher: eigenvalue statistics of the Fisher F = JᵀJ/T via F* = JJᵀ/T
+            (Karakida et al. 2019, eqs. (8), (10)); ``None`` if not computed.
+        layers: tidy DataFrame, one row per hooked layer call: the batch Gram
+            G = H Hᵀ/d of its output (Joudaki et al. 2023, eq. (2)), its
+            spectrum, conditioning, rank-collapse indicators and the distance
+            to the batch-norm fixed point G* (Joudaki et al. 2023, eq. (10))
+            where it applies. See :func:`normfield.analyze.hooks.layer_gram_rows`.
+        grams: the Gram matrices, shape (n, n) each, keyed like ``layers.layer``.
+        what_if: alternative Fisher statistics by name; ``"last-mean"`` is the
+            same model with last-layer mean subtraction f̄ = f − E_batch[f]
+            (Karakida et al. 2019, eq. (15), Thm 3.3).
+        settings: how the analysis ran (dtype, device, mode, method, ...).
+    """
+
+    fisher: FisherSpectrum | None
+    layers: pd.DataFrame
+    grams: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    what_if: dict[str, FisherSpectrum] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    # -- the headline numbers ------------------------------------------------------
+    def _need_fisher(self) -> FisherSpectrum:
+        if self.fisher is None:
+            from normfield.errors import NormfieldError
+
+            raise NormfieldError("the Fisher was not computed (fisher=False); re-run analyze with fisher=True",
+                                 argument="fisher")
+        return self.fisher
+
+    @property
+    def lambda_max(self) -> float:
+        """Largest Fisher eigenvalue λ_max."""
+        return self._need_fisher().lambda_max
+
+    @property
+    def m_lambda(self) -> float:
+        """Mean Fisher eigenvalue m_λ = tr(F*)/P."""
+        return self._need_fisher().m_lambda
+
+    @property
+    def parameters(self) -> int:
+        """P, the number of differentiated parameters."""
+        return self._need_fisher().parameters
+
+    @property
+    def eigenvalues(self) -> np.ndarray:
+        """Top-k Fisher eigenvalues, shape (k,), largest first."""
+        return self._need_fisher().eigenvalues
+
+    @property
+    def lr_bound(self) -> float:
+        """2/λ_max: gradient descent on the squared loss is unstable above it (Karakida et al. 2019, eq. (23))."""
+        return self._need_fisher().lr_bound
+
+    def what_if_ratio(self, name: str = "last-mean") -> float:
+        """λ_max(with ``name``) / λ_max(as given)."""
+        return self.what_if[name].lambda_max / self.lambda_max
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (what ``normfield analyze --json`` prints)."""
+        d: dict[str, Any] = {}
+        if self.fisher is not None:
+            d.update({
+                "lambda_max": self.fisher.lambda_max,
+                "m_lambda": self.fisher.m_lambda,
+                "parameters": self.fisher.parameters,
+                "eigenvalues": [float(x) for x in self.fisher.eigenvalues],
+                "lr_bound": self.fisher.lr_bound,
+                "fisher": self.fisher.to_dict(),
+            })
+        d["layers"] = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else
+                 (v.item() if isinstance(v, np.generic) else v)) for k, v in r.items()}
+            for r in self.layers.to_dict(orient="records")
+        ]
+        if self.what_if:
+            d["what_if"] = {}
+            for k, v in self.what_if.items():
+                w = v.to_dict()
+                w.pop("spectrum", None)
+                if self.fisher is not None and self.fisher.lambda_max > 0:
+                    w["lambda_max_ratio"] = v.lambda_max / self.fisher.lambda_max
+                    w["m_lambda_ratio"] = v.m_lambda / self.fisher.m_lambda if self.fisher.m_lambda else None
+                d["what_if"][k] = w
+        d["settings"] = dict(self.settings)
+        return d
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = []
+        if self.fisher is not None:
+            f = self.fisher
+            lines.append(f"Fisher/NTK over T={f.samples} samples x C={f.outputs} outputs, P={f.parameters} parameters "
+                         f"({f.method}, {f.products} Jacobian products)")
+            lines.append(f"  lambda_max = {f.lambda_max:.6g}   m_lambda = {f.m_lambda:.6g}   lr bound 2/lambda_max = "
+                         f"{f.lr_bound:.6g}")
+            for k, v in self.what_if.items():
+                lines.append(f"  what-if {k}: lambda_max = {v.lambda_max:.6g} (x{v.lambda_max / f.lambda_max:.3g}), "
+                             f"m_lambda = {v.m_lambda:.6g}, lr bound = {v.lr_bound:.6g}")
+        return "\n".join(lines)

@@ -1,0 +1,513 @@
+"""Claims of Joudaki, Daneshmand & Bach (ICML 2023): Figures 1–5, Theorem 1, Proposition 4.
+
+Each claim: cells → ``ctx.sweep`` (tidy rows: run, layer, metric, value +
+settings) → figure PNG → verdict with the numbers. All simulations use the
+fast (exact-in-law) chain engine, vectorised over runs; G* is the exact
+fixed point of eq. (10) (:func:`normfield.gram.fixed_point.fixed_point`),
+never an average of simulated Gram matrices.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from normfield.claims.registry import ClaimContext, ClaimResult, claim
+from normfield.gram.chain import gram_chain, simulate_chain, summarize_chain
+from normfield.gram.fit import fit_theorem1, loglog_slope
+from normfield.gram.spectra import (
+    count_outliers,
+    ks_distance,
+    mp_cdf,
+    mp_quantile,
+    mp_singular_cdf,
+    outlier_mask,
+    spectral_distance,
+)
+
+PAPER = "Joudaki et al. 2023"
+#: Confidence level of every interval a verdict is decided on. This module takes about a dozen
+#: interval decisions (J-fig1: 3, J-fig2: 3, J-fig3: 1-2, J-fig4: 2); at 99% each, the family-wise
+#: rate of a false FAIL when every claim holds is <= 12 × 1% ≈ 12% (Bonferroni), against ≈ 46% at 95%.
+LEVEL = 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep cells (module level: picklable for process pools and Dask)
+
+
+def chain_cell(cell: dict) -> pd.DataFrame:
+    """One chain setting, ``cell["runs"]`` seeded runs → tidy rows.
+
+    Keys: activation, norm, width, batch, depth, runs, seed, inputs,
+    record ("all" or a list of layers), mean_field (bool), spectrum (bool),
+    device, dtype (optional). Rows: run, layer, metric, value.
+    """
+    record = cell.get("record", "all")
+    res = simulate_chain(cell["activation"], cell["width"], cell["batch"], cell["depth"], seeds=cell["runs"],
+                         norm=cell["norm"], inputs=cell.get("inputs", "gaussian"), seed=cell["seed"],
+                         dtype=cell.get("dtype", "float64"), device=cell.get("device", "cpu"),
+                         record_layers=None if record == "all" else record)
+    df = gram_chain(cell["activation"], cell["width"], cell["batch"], cell["depth"], result=res,
+                    mean_field=bool(cell.get("mean_field", False)), spectrum=bool(cell.get("spectrum", False)))
+    df = df.rename(columns={"seed": "run"})
+    return df[["run", "layer", "metric", "value"]]
+
+
+def singular_cell(cell: dict) -> pd.DataFrame:
+    """Singular values of h_l (Fig. 5) and the 1_n-alignment of G_l's extreme eigenvectors."""
+    L = cell["depth"]
+    res = simulate_chain(cell["activation"], cell["width"], cell["batch"], L, seeds=cell["runs"],
+                         norm="bn", seed=cell["seed"], record_layers=cell["layers"], singular_values=True,
+                         device=cell.get("device", "cpu"))
+    n = cell["batch"]
+    rows = []
+    one = np.ones(n) / math.sqrt(n)
+    for r_i, layer in enumerate(res.layers):
+        sv = res.singular_values[:, r_i]  # (K, n) descending
+        w, V = np.linalg.eigh(res.grams[:, r_i])
+        top = np.abs(V[:, :, -1] @ one)
+        bottom = np.abs(V[:, :, 0] @ one)
+        for k in range(sv.shape[0]):
+            for i in range(n):
+                rows.append((k, int(layer), "sv", i, float(sv[k, i])))
+            rows.append((k, int(layer), "align_top_1n", -1, float(top[k])))
+            rows.append((k, int(layer), "align_bottom_1n", -1, float(bottom[k])))
+    return pd.DataFrame(rows, columns=["run", "layer", "metric", "index", "value"])
+
+
+def _cells(ctx: ClaimContext, base: dict, grid: list[dict], offset: int) -> list[dict]:
+    out = []
+    for i, g in enumerate(grid):
+        c = dict(base)
+        c.update(g)
+        c["seed"] = int(ctx.seed) * 1000 + offset + i
+        out.append(c)
+    return out
+
+
+def _per_run(df: pd.DataFrame, metric: str, layer: int | None = None) -> pd.DataFrame:
+    s = df[df.metric == metric]
+    if layer is not None:
+        s = s[s.layer == layer]
+    return s
+
+
+def _fp(activation: str, n: int):
+    from normfield.gram.fixed_point import fixed_point
+
+    return fixed_point(activation, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# J-fig1
+
+
+@claim("J-fig1", title="Mean-field error grows with depth without BN, plateaus with BN", paper=PAPER,
+       reference="Fig. 1, §4.3",
+       statement="For n = 5, d = 1000 and 10 runs, without normalization and with linear activation the "
+                 "distance of G_l to its mean-field prediction keeps growing with depth; with batch norm "
+                 "(identity and relu) it converges to a neighbourhood and stays there.",
+       order=1.0)
+def claim_fig1(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_depth_bands, save_figure
+
+    n, d = 5, ctx.pick(smoke=200, quick=1000, paper=1000)
+    L = ctx.pick(smoke=8, quick=60, paper=200)
+    K = ctx.pick(smoke=3, quick=30, paper=10)
+    cases = [("none", "identity"), ("bn", "identity"), ("bn", "relu")]
+    grid = [{"norm": nm, "activation": a} for nm, a in cases]
+    base = {"width": d, "batch": n, "depth": L, "runs": K, "inputs": "degenerate", "mean_field": True}
+    df = ctx.sweep(chain_cell, _cells(ctx, base, grid, 100), name="J-fig1")
+    measured: dict[str, Any] = {}
+    fig, axes = new_axes(1, 1, size=(6, 4))
+    ax = axes[0, 0]
+    lo_l = max(2, L // 4)
+    verdicts = []
+    for nm, a in cases:
+        sub = df[(df.norm == nm) & (df.activation == a)]
+        summ = summarize_chain(sub[sub.layer >= 1])
+        label = f"{'BN' if nm == 'bn' else 'no norm'}, {a}"
+        plot_depth_bands(summ, metric="dist_mean_field", ax=ax, label=label)
+        dm = _per_run(sub, "dist_mean_field").pivot(index="run", columns="layer", values="value")
+        key = f"{nm}+{a}"
+        # growth exponent per run: slope of log dist against log l on [L/4, L] (after the BN transient);
+        # runs are independent, so the mean exponent has a t confidence interval
+        ls = np.arange(lo_l, L + 1)
+        slopes = [np.polyfit(np.log(ls), np.log(dm.loc[r, ls].to_numpy()), 1)[0] for r in dm.index]
+        m, se = float(np.mean(slopes)), float(np.std(slopes, ddof=1) / math.sqrt(len(slopes)))
+        tq = stats.t.ppf(0.5 + LEVEL / 2, len(slopes) - 1)
+        ci = (m - tq * se, m + tq * se)
+        ok = ci[0] > 0 if nm == "none" else (-0.15 < ci[0] and ci[1] < 0.15)
+        measured[key] = {"growth_exponent": m, "growth_exponent_ci99": ci,
+                         "dist_at_L": float(dm[L].mean()), "dist_at_L_over_4": float(dm[lo_l].mean())}
+        if nm == "bn":
+            measured[key]["dist_fixed_point_at_L"] = float(_per_run(sub, "dist_fixed_point", L).value.mean())
+        verdicts.append(bool(ok))
+    ax.set_ylabel("‖G_ℓ − G_ℓ^MF‖_F (mean field from the same G_0)")
+    ax.set_title(f"n={n}, d={d}, {K} runs, 90% bands")
+    ax.legend(fontsize=7)
+    path = save_figure(fig, ctx.figure_path("J-fig1"))
+    verdict = "PASS" if all(verdicts) else "FAIL"
+    return ClaimResult(
+        verdict=verdict, measured=measured,
+        expected={"none+identity": "growth exponent of the distance in l over [L/4, L] > 0 (99% CI above 0; a "
+                                   "random walk of the log-eigenvalues gives ≈ 0.5)",
+                  "bn+identity, bn+relu": "plateau: growth exponent over [L/4, L] with its 99% CI inside (−0.15, 0.15)"},
+        settings={"n": n, "d": d, "depth": L, "runs": K, "inputs": "degenerate (one dominant direction ⟂ 1_n)"},
+        figures=[path], data={"J-fig1": df},
+        notes="Distances are to the mean-field trajectory 𝒢_ℓ of eq. (3) started from each run's own G_0 "
+              "(without BN the mean-field prediction is 𝒢_ℓ = G_0 for a linear network, there is no G*). "
+              "With BN and identity activation G* is singular (G*1 = 0); the fast engine uses the symmetric "
+              "square root there. Quick scale: depth 60 and 30 runs (for a tight CI); paper scale: depth 200, 10 runs.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# J-fig2
+
+
+@claim("J-fig2", title="Fast approach to a plateau with depth; Theorem 1 shape fit (mixing rate α)",
+       paper=PAPER, reference="Fig. 2, Theorem 1, eq. (9)",
+       statement="‖G_l − G*‖_F for l = 1..20 at d = 1000, n = 10 decays quickly to a plateau; the curve has "
+                 "the Theorem 1 shape c1(1−α)^{l/2} + c2·n/√d.",
+       order=2.0)
+def claim_fig2(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_depth_bands, save_figure
+    from normfield.gram.fit import theorem1_curve
+
+    n, d, L = 10, ctx.pick(smoke=200, quick=1000, paper=1000), ctx.pick(smoke=8, quick=20, paper=20)
+    K = ctx.pick(smoke=4, quick=40, paper=200)
+    acts = ["relu", "tanh", "selu"]
+    base = {"width": d, "batch": n, "depth": L, "runs": K, "inputs": "degenerate", "norm": "bn"}
+    df = ctx.sweep(chain_cell, _cells(ctx, base, [{"activation": a} for a in acts], 200), name="J-fig2")
+    fig, axes = new_axes(len(acts), 1)
+    measured, oks = {}, []
+    for j, a in enumerate(acts):
+        sub = df[(df.activation == a) & (df.layer >= 1)]
+        Y = _per_run(sub, "dist_fixed_point").pivot(index="run", columns="layer", values="value")
+        layers = Y.columns.to_numpy()
+        f = fit_theorem1(layers, Y.to_numpy(), batch=n, width=d, method="bootstrap", level=LEVEL,
+                         n_boot=ctx.pick(smoke=20, quick=200, paper=500), seed=ctx.seed)
+        fp = _fp(a, n)
+        ok = (f.alpha_ci[0] > 0.01) and (f.alpha_ci[1] < 0.99) and (f.r2 >= 0.95)
+        oks.append(ok)
+        measured[a] = {"alpha": f.alpha, "alpha_ci99": f.alpha_ci, "c1": f.c1, "c2": f.c2, "c2_ci99": f.c2_ci,
+                       "plateau": f.plateau, "r2": f.r2, "chi2_dof": f.chi2_dof,
+                       "dist_at_L": float(Y[L].mean()), "kappa_G*": fp.condition_number}
+        ax = axes[0, j]
+        plot_depth_bands(summarize_chain(sub), metric="dist_fixed_point", ax=ax, label="simulated (mean, 90%)")
+        ll = np.linspace(1, L, 100)
+        ax.plot(ll, theorem1_curve(ll, f.alpha, f.c1, f.c2, n, d), "k--", lw=1,
+                label=f"fit: α={f.alpha:.2f} [{f.alpha_ci[0]:.2f},{f.alpha_ci[1]:.2f}]")
+        ax.set_title(f"{a}: n={n}, d={d}, {K} runs", fontsize=9)
+        ax.set_ylabel("‖G_ℓ − G*‖_F")
+        ax.legend(fontsize=7)
+    path = save_figure(fig, ctx.figure_path("J-fig2"))
+    return ClaimResult(
+        verdict="PASS" if all(oks) else "FAIL", measured=measured,
+        expected="for each activation: the fit c1(1−α)^{l/2} + c2 n/√d describes the mean curve (R² >= 0.95) "
+                 "and the 99% bootstrap CI of α lies inside (0.01, 0.99): a positive, finite mixing rate is measured",
+        settings={"n": n, "d": d, "layers": f"1..{L}", "runs": K, "inputs": "degenerate", "ci": "bootstrap over runs"},
+        figures=[path], data={"J-fig2": df},
+        notes="α is the decay rate of the transient of the mean distance, the observable counterpart of the "
+              "mixing rate of Assumption 1 (which concerns total variation and is not observable directly). "
+              "χ²/dof > 1 means the Theorem 1 shape (a sum, an upper-bound form) is not an exact description "
+              "at the resolution of the runs: near the plateau the deterministic transient and the O(n/√d) "
+              "fluctuation add in quadrature rather than linearly.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# J-fig3
+
+
+@claim("J-fig3", title="Distance at depth 20 decays as width^{-1/2}", paper=PAPER,
+       reference="Fig. 3, Theorem 1",
+       statement="‖G_20 − G*‖_F against d ∈ {50, …, 1000} at n = 10 has log–log slope −1/2.", order=3.0)
+def claim_fig3(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_loglog, save_figure
+
+    n, L = 10, ctx.pick(smoke=5, quick=20, paper=20)
+    widths = ctx.pick(smoke=[50, 100, 200], quick=[50, 100, 200, 500, 1000, 10_000],
+                      paper=[50, 100, 200, 500, 1000, 10_000, 100_000])
+    runs = {w: ctx.pick(smoke=4, quick=30, paper=100 if w <= 10_000 else 30) for w in widths}
+    acts = ctx.pick(smoke=["relu"], quick=["relu"], paper=["relu", "tanh"])
+    base = {"batch": n, "depth": L, "norm": "bn", "record": [L], "inputs": "gaussian"}
+    grid = [{"activation": a, "width": w, "runs": runs[w]} for a in acts for w in widths]
+    df = ctx.sweep(chain_cell, _cells(ctx, base, grid, 300), name="J-fig3")
+    fig, axes = new_axes(len(acts), 1)
+    measured, oks = {}, []
+    for j, a in enumerate(acts):
+        samples = [_per_run(df[(df.activation == a) & (df.width == w)], "dist_fixed_point", L).value.to_numpy()
+                   for w in widths]
+        f = loglog_slope(widths, samples, level=LEVEL)
+        small = loglog_slope(widths[:5], samples[:5], level=LEVEL) if len(widths) >= 5 else f
+        oks.append(f.contains(-0.5))
+        measured[a] = {"slope": f.slope, "slope_ci99": f.slope_ci, "chi2_dof": f.chi2_dof,
+                       "slope_paper_range": small.slope, "slope_paper_range_ci99": small.slope_ci,
+                       "mean_dist": {str(w): float(s.mean()) for w, s in zip(widths, samples)}}
+        means = [s.mean() for s in samples]
+        plot_loglog(widths, means, lo=[np.quantile(s, 0.05) for s in samples],
+                    hi=[np.quantile(s, 0.95) for s in samples], slope=f.slope, intercept=f.intercept,
+                    ref_slope=-0.5, ax=axes[0, j], xlabel="width d", ylabel=f"‖G_{L} − G*‖_F")
+        axes[0, j].set_title(f"{a}, n={n}, ℓ={L}", fontsize=9)
+    path = save_figure(fig, ctx.figure_path("J-fig3"))
+    return ClaimResult(
+        verdict="PASS" if all(oks) else "FAIL", measured=measured,
+        expected="log–log slope −0.5 inside the 99% CI of the fitted slope (over all widths)",
+        settings={"n": n, "layer": L, "widths": widths, "runs": {str(k): v for k, v in runs.items()},
+                  "activations": acts, "engine": "fast"},
+        figures=[path], data={"J-fig3": df},
+        notes="Widths beyond the paper's 1000 (10^4 at quick scale, 10^5 at paper scale) use the fast engine. "
+              "The CI is the weighted least-squares CI of log(mean distance), widened by the Birge ratio "
+              "√(χ²/dof) when the points scatter beyond their noise.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# J-fig4
+
+
+@claim("J-fig4", title="Distance at depth 20 against batch size; Theorem 1's κ(G*)·n/√d form", paper=PAPER,
+       reference="Fig. 4, Theorem 1 eq. (5)",
+       statement="‖G_20 − G*‖_F grows with the batch size n ∈ {10, …, 50} at d = 1000 and stays below the "
+                 "Theorem 1 bound κ(G*)·O(n/√d).", order=4.0)
+def claim_fig4(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_loglog, save_figure
+
+    d, L = ctx.pick(smoke=200, quick=1000, paper=1000), ctx.pick(smoke=5, quick=20, paper=20)
+    batches = ctx.pick(smoke=[10, 20, 30], quick=[10, 20, 30, 40, 50], paper=[10, 20, 30, 40, 50])
+    K = ctx.pick(smoke=4, quick=20, paper=100)
+    acts = ctx.pick(smoke=["relu"], quick=["relu", "tanh"], paper=["relu", "tanh"])
+    base = {"width": d, "depth": L, "norm": "bn", "record": [L], "runs": K, "inputs": "gaussian"}
+    grid = [{"activation": a, "batch": b} for a in acts for b in batches]
+    df = ctx.sweep(chain_cell, _cells(ctx, base, grid, 400), name="J-fig4")
+    fig, axes = new_axes(len(acts), 1)
+    measured, oks = {}, []
+    for j, a in enumerate(acts):
+        samples = [_per_run(df[(df.activation == a) & (df.batch == b)], "dist_fixed_point", L).value.to_numpy()
+                   for b in batches]
+        f = loglog_slope(batches, samples, level=LEVEL)
+        kap = np.array([_fp(a, b).condition_number for b in batches])
+        bound = kap * np.array(batches) / math.sqrt(d)
+        pb = float(np.polyfit(np.log(batches), np.log(bound), 1)[0])
+        means = np.array([s.mean() for s in samples])
+        ratio = means / bound
+        ok = f.slope_ci[0] > 0 and f.slope_ci[1] <= pb and np.all(ratio <= ratio[0] * 1.05)
+        oks.append(bool(ok))
+        measured[a] = {"growth_exponent": f.slope, "growth_exponent_ci99": f.slope_ci,
+                       "bound_exponent_kappa_n": pb, "bare_n_exponent": 1.0,
+                       "kappa_G*": {str(b): float(k) for b, k in zip(batches, kap)},
+                       "dist_over_kappa_n_sqrt_d": {str(b): float(r) for b, r in zip(batches, ratio)},
+                       "dist_over_n_sqrt_d": {str(b): float(m * math.sqrt(d) / b) for b, m in zip(batches, means)}}
+        ax = axes[0, j]
+        plot_loglog(batches, means, lo=[np.quantile(s, 0.05) for s in samples],
+                    hi=[np.quantile(s, 0.95) for s in samples], slope=f.slope, intercept=f.intercept,
+                    ref_slope=1.0, ax=ax, xlabel="batch n", ylabel=f"‖G_{L} − G*‖_F")
+        ax.plot(batches, bound * ratio[0], "r:", label="κ(G*)·n/√d (scaled at n=10)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"{a}, d={d}, ℓ={L}", fontsize=9)
+    path = save_figure(fig, ctx.figure_path("J-fig4"))
+    return ClaimResult(
+        verdict="PASS" if all(oks) else "FAIL", measured=measured,
+        expected="growth exponent in n: 99% CI above 0 and at most the exponent of κ(G*(n))·n (the Theorem 1 "
+                 "form, κ(G*) computed exactly for each n); distance/(κ(G*) n/√d) non-increasing in n "
+                 "(within 5%), i.e. a bound fitted at n = 10 holds for every n",
+        settings={"d": d, "layer": L, "batches": batches, "runs": K, "activations": acts},
+        figures=[path], data={"J-fig4": df},
+        notes=_fig4_notes(measured),
+    )
+
+
+def _fig4_notes(measured: dict) -> str:
+    parts = []
+    for a, m in measured.items():
+        p, (lo, hi), pb = m["growth_exponent"], m["growth_exponent_ci99"], m["bound_exponent_kappa_n"]
+        parts.append(f"{a}: distance ∝ n^{p:.2f} (99% CI {lo:.2f}–{hi:.2f}); κ(G*)·n ∝ n^{pb:.2f}; "
+                     f"κ(G*) goes {m['kappa_G*'][min(m['kappa_G*'], key=int)]:.3g} → "
+                     f"{m['kappa_G*'][max(m['kappa_G*'], key=int)]:.3g}.")
+    return (
+        " ".join(parts) + " Finding: the measured growth is close to (slightly above) the bare n/√d of eq. (9). "
+        "For relu κ(G*) grows ∝ n (λ₁ = b*(1+(n−1)c*) along 1_n with c* > 0), so κ(G*)·n/√d grows like n² "
+        "and bounds the data with room to spare (loosening with n). For tanh c* < 0 and κ(G*) *decreases* "
+        "slowly with n, so κ(G*)·n/√d grows slower than the data: with an n-independent constant the "
+        "Theorem 1 form does not follow the batch-size dependence, which must then come from the "
+        "α^{-1/2} ln^{1/2}(d/n) factor through an n-dependent mixing rate α (eq. 5; not measured here) — "
+        "the theorem is an O(·) bound and cannot be falsified on a finite range, but its stated form "
+        "κ(G*)·n/√d alone does not explain Fig. 4 for tanh."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# J-prop4
+
+
+@claim("J-prop4", title="Bulk of the spectrum of G_l within O(√(n/d)) of b*(1−c*)", paper=PAPER,
+       reference="Prop. 4, Cor. 3 (Hoffman–Wielandt)",
+       statement="For a deep layer, n − O(1) eigenvalues of G_l lie within O(√(n/d)) of b*(1 − c*); the "
+                 "spectral distance to G* is bounded by ‖G_l − G*‖_F.", order=5.0)
+def claim_prop4(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_loglog, save_figure
+
+    n, L = 10, ctx.pick(smoke=5, quick=20, paper=50)
+    widths = ctx.pick(smoke=[100, 400], quick=[250, 1000, 4000], paper=[250, 1000, 4000, 16000])
+    K = ctx.pick(smoke=4, quick=20, paper=100)
+    acts = ["relu", "tanh"]
+    base = {"batch": n, "depth": L, "norm": "bn", "record": [L], "runs": K, "spectrum": True, "inputs": "gaussian"}
+    grid = [{"activation": a, "width": w} for a in acts for w in widths]
+    df = ctx.sweep(chain_cell, _cells(ctx, base, grid, 500), name="J-prop4")
+    fig, axes = new_axes(len(acts), 1)
+    measured, oks = {}, []
+    for j, a in enumerate(acts):
+        fp = _fp(a, n)
+        lam_bulk = fp.diagonal - fp.off_diagonal  # b*(1 − c*)
+        gs_sorted = np.sort(fp.eigenvalues)[::-1]
+        skip = int(np.argmax(np.abs(gs_sorted - lam_bulk)))  # index of the 1_n eigenvalue in sorted order
+        devs, hw_ok, scaled = [], True, {}
+        for w in widths:
+            sub = df[(df.activation == a) & (df.width == w)]
+            ev = np.stack([_per_run(sub, f"eig_{i + 1}", L).sort_values("run").value.to_numpy() for i in range(n)],
+                          axis=1)  # (K, n) largest first
+            dfp = _per_run(sub, "dist_fixed_point", L).sort_values("run").value.to_numpy()
+            sd = np.sqrt(((ev - gs_sorted) ** 2).sum(axis=1))  # spectral distance (both sorted)
+            hw_ok &= bool(np.all(sd <= dfp * (1 + 1e-10)))
+            bulk = np.delete(ev, skip, axis=1)
+            dev = np.abs(bulk - lam_bulk).max(axis=1)
+            devs.append(dev)
+            scaled[str(w)] = float(dev.mean() / (lam_bulk * math.sqrt(n / w)))
+        f = loglog_slope(widths, devs, level=LEVEL)
+        ok = hw_ok and abs(f.slope + 0.5) <= 0.1
+        oks.append(ok)
+        measured[a] = {"b*(1-c*)": lam_bulk, "bulk_dev_slope_in_d": f.slope, "slope_ci99": f.slope_ci,
+                       "hoffman_wielandt_holds_all_runs": hw_ok,
+                       "max_bulk_dev_over_lambda_sqrt(n/d)": scaled,
+                       "excluded_eigenvalue": "largest" if skip == 0 else "smallest"}
+        means = [v.mean() for v in devs]
+        plot_loglog(widths, means, lo=[np.quantile(v, 0.05) for v in devs], hi=[np.quantile(v, 0.95) for v in devs],
+                    slope=f.slope, intercept=f.intercept, ref_slope=-0.5, ax=axes[0, j], xlabel="width d",
+                    ylabel="max bulk |λ_i − b*(1−c*)|")
+        axes[0, j].set_title(f"{a}, n={n}, ℓ={L}", fontsize=9)
+    path = save_figure(fig, ctx.figure_path("J-prop4"))
+    return ClaimResult(
+        verdict="PASS" if all(oks) else "FAIL", measured=measured,
+        expected="Hoffman–Wielandt √Σ(λ_i−λ*_i)² <= ‖G_l − G*‖_F in every run, and the largest deviation of the "
+                 "n − 1 bulk eigenvalues from b*(1−c*) scales as d^{-1/2}: fitted exponent within −0.5 ± 0.1 "
+                 "(the MP edge 2√γ + γ, γ = n/d <= 0.04, shifts the exponent by <= 0.05)",
+        settings={"n": n, "layer": L, "widths": widths, "runs": K, "activations": acts},
+        figures=[path], data={"J-prop4": df},
+        notes="The one excluded eigenvalue is the 1_n direction of G* (largest for relu, c* > 0; smallest for "
+              "tanh, c* < 0). The constant max_bulk_dev/(b*(1−c*)√(n/d)) is reported per width: "
+              "Proposition 4's O(√(n/d)).",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# J-fig5
+
+
+def _bulk_normalised(sv: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled bulk singular values (each run's bulk divided by its own median) and outlier counts."""
+    mask = outlier_mask(sv, gamma)
+    vals = []
+    for k in range(sv.shape[0]):
+        b = sv[k][~mask[k]]
+        vals.append(b / np.median(b))
+    return np.concatenate(vals), mask.sum(axis=1)
+
+
+def _fit_gamma(t: np.ndarray, gamma: float) -> float:
+    res = optimize.minimize_scalar(lambda g: ks_distance(t, lambda x: mp_singular_cdf(x, g)),
+                                   bounds=(gamma / 5, min(1.0, 20 * gamma)), method="bounded",
+                                   options={"xatol": 1e-4 * gamma})
+    return float(res.x)
+
+
+@claim("J-fig5", title="Singular values of h_l against Marchenko–Pastur (γ = n/d); outliers", paper=PAPER,
+       reference="Fig. 5, §6.1, Appendix B",
+       statement="Singular values of h_l (n = 20, d = 100…1000, l = 10, 20), normalised by their median, follow "
+                 "the Marchenko–Pastur law with γ = n/d for common activations; O(1) outliers depend on the "
+                 "activation (relu: one along 1_n).", order=6.0)
+def claim_fig5(ctx: ClaimContext) -> ClaimResult:
+    from normfield.gram.plots import new_axes, plot_singular_histogram, save_figure
+
+    n = 20
+    widths = ctx.pick(smoke=[100], quick=[100, 1000], paper=[100, 200, 500, 1000])
+    layers = ctx.pick(smoke=[4], quick=[20], paper=[10, 20])
+    K = ctx.pick(smoke=5, quick=30, paper=200)
+    acts = ["relu", "tanh", "sin", "selu", "sigmoid", "gelu"]
+    base = {"batch": n, "depth": max(layers), "layers": layers, "runs": K}
+    grid = [{"activation": a, "width": w} for a in acts for w in widths]
+    df = ctx.sweep(singular_cell, _cells(ctx, base, grid, 600), name="J-fig5")
+    rng = np.random.default_rng(ctx.seed + 5)
+    fig, axes = new_axes(len(widths), len(acts), size=(3.4, 2.4))
+    rows, oks = [], []
+    for w in widths:
+        g = n / w
+        # baseline: the same statistic for Gaussian (Wishart) matrices of the same size and count
+        X = rng.standard_normal((K, w, n))
+        t_ref, _ = _bulk_normalised(np.sqrt(np.linalg.eigvalsh(X.transpose(0, 2, 1) @ X)), g)
+        ks_ref = ks_distance(t_ref, lambda x: mp_singular_cdf(x, g))
+        for i, a in enumerate(acts):
+            for layer in layers:
+                sub = df[(df.activation == a) & (df.width == w) & (df.layer == layer)]
+                sv = sub[sub.metric == "sv"].pivot(index="run", columns="index", values="value").to_numpy()
+                t, nout = _bulk_normalised(sv, g)
+                ks = ks_distance(t, lambda x: mp_singular_cdf(x, g))
+                m_med = mp_quantile(0.5, g)
+                ks_eig = ks_distance(t, lambda x: mp_cdf(x * m_med, g))
+                g_fit = _fit_gamma(t, g)
+                # two KS statistics of ~m pooled values each fluctuate by ~1/√m; allow 3·√2/√m beyond the baseline
+                tol = 3 * math.sqrt(2) / math.sqrt(t.size)
+                ok = ks <= ks_ref + tol
+                oks.append(ok)
+                up = count_outliers(sv, g, side="upper")
+                lo = count_outliers(sv, g, side="lower")
+                at = sub[sub.metric == "align_top_1n"].value.to_numpy()
+                ab = sub[sub.metric == "align_bottom_1n"].value.to_numpy()
+                rows.append({"activation": a, "width": w, "layer": layer, "ks_bulk": ks, "ks_wishart_baseline": ks_ref,
+                             "ks_tolerance": tol, "ks_vs_eigenvalue_law": ks_eig, "gamma": g, "gamma_fit": g_fit,
+                             "gamma_fit_over_gamma": g_fit / g,
+                             "upper_outliers_mode": int(np.bincount(up).argmax()),
+                             "lower_outliers_mode": int(np.bincount(lo).argmax()),
+                             "align_top_eigvec_1n": float(at.mean()), "align_bottom_eigvec_1n": float(ab.mean()),
+                             "pass": bool(ok)})
+                if layer == max(layers):
+                    plot_singular_histogram(t, g, ax=axes[i, widths.index(w)], gamma_fit=g_fit,
+                                            title=f"{a}, d={w}, ℓ={layer}: KS={ks:.3f} (Wishart {ks_ref:.3f})")
+    path = save_figure(fig, ctx.figure_path("J-fig5"))
+    table = pd.DataFrame(rows)
+    relu = table[(table.activation == "relu") & (table.width == max(widths))]
+    relu_one = bool((relu.upper_outliers_mode == 1).all() and (relu.align_top_eigvec_1n > 0.9).all())
+    verdict = "PASS" if all(oks) and relu_one else "FAIL"
+    worst = table.sort_values("ks_bulk").iloc[-1]
+    notes = (
+        "Investigated: the bulk of the median-normalised singular values of h_l is MP-shaped but wider than MP "
+        f"with γ = n/d: the KS distance to the γ = n/d singular-value law is {table.ks_bulk.min():.3f}–"
+        f"{table.ks_bulk.max():.3f} against {table.ks_wishart_baseline.min():.3f}–"
+        f"{table.ks_wishart_baseline.max():.3f} for Wishart matrices of the same size, and the best-fitting "
+        f"ratio is γ_fit ≈ {table.gamma_fit_over_gamma.min():.1f}–{table.gamma_fit_over_gamma.max():.1f} × n/d. "
+        "Cause: h_l = W_{l−1} X_{l−1} has rows N(0, G_{l−1}), and G_{l−1} is itself a random matrix whose bulk "
+        "fluctuates at O(√(n/d)) (Prop. 4): the spectrum of h_l is the free multiplicative convolution of "
+        "MP(γ) with that of G_{l−1}, accumulated over the mixing time of the chain, so its width exceeds "
+        "MP(γ)'s (already ≈ 1.6–1.7× at layer 1 from Gaussian inputs). The MP *eigenvalue* density rescaled to "
+        "median 1 (red dashed in the figure; the wrong variable for singular values) happens to be about "
+        f"twice as wide and matches better (KS {table.ks_vs_eigenvalue_law.min():.3f}–"
+        f"{table.ks_vs_eigenvalue_law.max():.3f}), which may be what the paper's Fig. 5 shows. "
+        "Outliers: relu has one upper outlier along 1_n (top eigenvector of G_l aligned with 1_n); activations "
+        "with c* < 0 (tanh, sin, selu) have one lower outlier along 1_n instead. "
+        f"Worst case: {worst.activation}, d={worst.width}, ℓ={worst.layer}."
+    )
+    return ClaimResult(
+        verdict=verdict,
+        measured={"cases": rows, "relu_one_outlier_along_1n": relu_one},
+        expected="bulk KS distance to the MP singular-value law (γ = n/d) no larger than for Wishart matrices of "
+                 "the same size plus 3√2/√m (m pooled values); relu: exactly one outlier, along 1_n",
+        settings={"n": n, "widths": widths, "layers": layers, "runs": K, "activations": acts,
+                  "outliers": "outside (1±0.25)× the median-normalised MP edges"},
+        figures=[path], data={"J-fig5": df, "J-fig5-summary": table}, notes=notes,
+    )

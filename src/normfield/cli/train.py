@@ -1,0 +1,228 @@
+"""``normfield train``: the training experiments.
+
+* ``normfield train lr-grid`` — final loss over (width, learning rate) of teacher–student
+  gradient descent, with the sharpness limit 2/λ_max (Karakida et al. 2019, §3.4, Fig. 2).
+* ``normfield train bn-mlp`` — an MLP trained with and without BN, logging loss, class
+  entropy and the penultimate Gram spectrum (Joudaki et al. 2023, §6.2, Figs. 6–8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from normfield.cli._common import add_json_flag, format_table, parse_float_list
+from normfield.errors import NormfieldError
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    vals = parse_float_list(name, text) or []
+    out = []
+    for v in vals:
+        if not float(v).is_integer():
+            raise NormfieldError(f"{name} must be a comma-separated list of integers, got {text!r}", argument=name)
+        out.append(int(v))
+    return out
+
+
+def _check_device(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
+                                 argument="--device")
+    elif device != "cpu":
+        raise NormfieldError(f"--device must be cpu or cuda, got {device!r}", argument="--device")
+    return device
+
+
+def _writable_dir(flag: str, path: str) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NormfieldError(f"{flag} {path!r} cannot be created: {e.strerror}", argument=flag) from None
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="training experiments: learning-rate grid, BN-MLP training",
+                       description="Training experiments of the two papers (see `normfield train COMMAND -h`).")
+    tsub = p.add_subparsers(dest="train_command", metavar="COMMAND", parser_class=type(p))
+    tsub.required = True
+
+    g = tsub.add_parser("lr-grid", help="teacher-student GD loss over (width, learning rate); Karakida Fig. 2",
+                        description="Full-batch gradient descent of a student MLP on a teacher's labels for "
+                        "every (width M, learning rate η); all learning rates of one width train together. "
+                        "Prints, per normalization and width, the empirical 2/λ_max at initialization, the "
+                        "theoretical line and the largest η that did not explode (min loss over seeds).")
+    g.add_argument("--widths", default="32,64,128", help="comma-separated widths M (default 32,64,128)")
+    g.add_argument("--lrs", default=None, help="comma-separated learning rates (default: --lr-min..--lr-max)")
+    g.add_argument("--lr-min", type=float, default=1e-4, help="smallest η of the log grid (default 1e-4)")
+    g.add_argument("--lr-max", type=float, default=10.0, help="largest η of the log grid (default 10)")
+    g.add_argument("--per-decade", type=int, default=3, help="learning rates per decade (default 3)")
+    g.add_argument("--norms", default="none,last-mean", help="none and/or last-mean (default both)")
+    g.add_argument("--seeds", type=int, default=1, help="number of trials (seeds 0..N-1; default 1)")
+    g.add_argument("--steps", type=int, default=1000, help="GD steps (default 1000, the paper's)")
+    g.add_argument("--samples", type=int, default=1000, help="T, training inputs (default 1000, the paper's)")
+    g.add_argument("--depth", type=int, default=3, help="L, weight layers (default 3)")
+    g.add_argument("--sw2", type=float, default=4.0, help="σ_w² (default 4)")
+    g.add_argument("--sb2", type=float, default=1.0, help="σ_b² (default 1)")
+    g.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    g.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="default float64")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--figure", default=None, help="write the heat map (PNG) here")
+    g.add_argument("--cache-dir", default=None, help="results cache: re-running computes only missing cells")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_json_flag(g)
+    g.set_defaults(func=run_lr_grid)
+
+    b = tsub.add_parser("bn-mlp", help="train an MLP with and without BN; Joudaki Figs. 6-8",
+                        description="Train a depth-10 ReLU MLP with BatchNorm between each hidden linear layer "
+                        "and its activation, and the same without, by SGD; log the training loss, the "
+                        "predicted-class entropy and the penultimate Gram spectrum. CIFAR-100 from --data-dir "
+                        "(python-format files train/test/meta; nothing is downloaded), else the embedded "
+                        "scikit-learn digits. Checkpoints every epoch under --out; re-running resumes.")
+    b.add_argument("--data-dir", default=None, help="directory of the CIFAR-100 python-format files")
+    b.add_argument("--epochs", type=int, default=None, help="epochs (default 50 with --data-dir, else 15)")
+    b.add_argument("--width", type=int, default=None, help="hidden width (default 1000 with --data-dir, else 256)")
+    b.add_argument("--depth", type=int, default=10, help="linear layers (default 10)")
+    b.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (default 1e-3)")
+    b.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default 128)")
+    b.add_argument("--gram-every", type=int, default=5, help="Gram spectrum every N epochs (default 5)")
+    b.add_argument("--gram-batch", type=int, default=128, help="n, rows of the measured Gram (default 128)")
+    b.add_argument("--eval-samples", type=int, default=10000,
+                   help="training samples used for loss/entropy (default 10000)")
+    b.add_argument("--variants", default="both", choices=["both", "bn", "no-bn"], help="default both")
+    b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
+    b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    b.add_argument("--out", default="normfield-train", help="checkpoints and figures (default ./normfield-train)")
+    b.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_json_flag(b)
+    b.set_defaults(func=run_bn_mlp)
+
+
+# -- lr-grid ----------------------------------------------------------------------------------
+
+
+def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    from normfield.core.validation import check_int
+    from normfield.train.lr_grid import LR_GRID_NORMS, log_lrs, lr_grid, summarize_lr_grid
+
+    device = _check_device(args.device)
+    widths = _int_list("--widths", args.widths)
+    lrs = parse_float_list("--lrs", args.lrs) if args.lrs else log_lrs(args.lr_min, args.lr_max, args.per_decade)
+    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
+    for n in norms:
+        if n not in LR_GRID_NORMS:
+            raise NormfieldError(f"--norms must list none and/or last-mean, got {n!r}", argument="--norms")
+    seeds = list(range(check_int("--seeds", args.seeds, minimum=1, maximum=1000)))
+    opts: dict[str, Any] = {}
+    if args.cache_dir:
+        opts["cache_dir"] = str(_writable_dir("--cache-dir", args.cache_dir))
+    fig_path = None
+    if args.figure:
+        fig_path = Path(args.figure)
+        _writable_dir("--figure", str(fig_path.parent if str(fig_path.parent) else "."))
+    df = lr_grid(widths, lrs, norms=norms, seeds=seeds, steps=args.steps, samples=args.samples, depth=args.depth,
+                 sw2=args.sw2, sb2=args.sb2, activation=args.activation, dtype=args.dtype, device=device,
+                 progress=not args.no_progress, **opts)
+    summ = summarize_lr_grid(df)
+    if fig_path is not None:
+        from normfield.train.plots import plot_lr_grid
+
+        plot_lr_grid(df, fig_path)
+    payload = {
+        "settings": {"widths": widths, "lrs": lrs, "norms": norms, "seeds": seeds, "steps": args.steps,
+                     "samples": args.samples, "depth": args.depth, "sw2": args.sw2, "sb2": args.sb2,
+                     "activation": args.activation, "dtype": args.dtype, "device": device},
+        "summary": summ.to_dict("records"),
+        "runs": df[["norm", "width", "seed", "lr", "final_loss", "exploded", "steps_run", "lambda_max",
+                    "eta_emp", "eta_theory"]].to_dict("records"),
+        "figure": None if fig_path is None else str(fig_path),
+    }
+
+    def render(p: dict) -> str:
+        rows = [{"norm": r["norm"], "M": r["width"], "2/λmax (init)": r["eta_emp"],
+                 "theory line": r["eta_theory"], "largest stable η": r["largest_stable_lr"],
+                 "smallest exploded η": r["smallest_exploded_lr"]} for r in p["summary"]]
+        text = format_table(rows)
+        n_ex = sum(bool(r["exploded"]) for r in p["runs"])
+        text += f"\n\n{len(p['runs'])} runs, {n_ex} exploded (final loss > 1e3 or not finite)"
+        if p["figure"]:
+            text += f"; heat map: {p['figure']}"
+        return text
+
+    return payload, render
+
+
+# -- bn-mlp -----------------------------------------------------------------------------------
+
+
+def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    from normfield.train.bn_mlp import BNMLPConfig, entropy_at_init_theory, train_bn_mlp
+    from normfield.train.data import load_dataset
+    from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss
+
+    device = _check_device(args.device)
+    cifar = args.data_dir is not None
+    epochs = args.epochs if args.epochs is not None else (50 if cifar else 15)
+    width = args.width if args.width is not None else (1000 if cifar else 256)
+    cfg = BNMLPConfig(depth=args.depth, width=width, lr=args.lr, batch_size=args.batch_size, epochs=epochs,
+                      seed=args.seed, gram_every=args.gram_every, gram_batch=args.gram_batch, eval_samples=args.eval_samples,
+                      dtype=args.dtype).validated()
+    out = _writable_dir("--out", args.out)
+    data = load_dataset("cifar100" if cifar else "digits", data_dir=args.data_dir)
+    variants = {"both": (True, False), "bn": (True,), "no-bn": (False,)}[args.variants]
+    import pandas as pd
+
+    metrics, eigs, resumed = [], [], {}
+    for bn in variants:
+        c = BNMLPConfig(**{**cfg.to_dict(), "batchnorm": bn})
+        res = train_bn_mlp(data, c, checkpoint_dir=out / "checkpoints" / f"{data.name}-bn{int(bn)}-seed{cfg.seed}",
+                           resume=not args.fresh, device=device, progress=not args.no_progress)
+        metrics.append(res.metrics.assign(batchnorm=bn))
+        eigs.append(res.eigenvalues.assign(batchnorm=bn))
+        resumed["BN" if bn else "noBN"] = res.resumed_from
+    m = pd.concat(metrics, ignore_index=True)
+    e = pd.concat(eigs, ignore_index=True)
+    figs = {"gram_spectra": str(plot_gram_spectra(e, out / "figures" / "bn_mlp_gram_spectra.png")),
+            "entropy": str(plot_entropy(m, out / "figures" / "bn_mlp_entropy.png", num_classes=data.num_classes)),
+            "loss": str(plot_loss(m, out / "figures" / "bn_mlp_loss.png"))}
+    last = int(m["epoch"].max())
+
+    def val(bn: bool, ep: int, col: str) -> float:
+        s = m[(m["batchnorm"] == bn) & (m["epoch"] == ep)][col]
+        return float(s.iloc[0]) if len(s) else math.nan
+
+    verdict_inputs: dict[str, Any] = {"num_classes": data.num_classes, "log2_C": math.log2(data.num_classes)}
+    for bn in variants:
+        k = "BN" if bn else "noBN"
+        verdict_inputs.update({
+            f"log_eig_std_init_{k}": val(bn, 0, "log_eig_std"), f"log_eig_std_end_{k}": val(bn, last, "log_eig_std"),
+            f"entropy_init_{k}": val(bn, 0, "entropy"), f"loss_init_{k}": val(bn, 0, "loss"),
+            f"loss_end_{k}": val(bn, last, "loss")})
+    if True in variants:
+        th = entropy_at_init_theory(cfg.activation, cfg.batch_size, data.num_classes, cfg.width,
+                                    draws=2000 if data.num_classes <= 20 else 300, seed=cfg.seed)
+        verdict_inputs["mean_field_entropy_init_BN"] = th["mean"]
+        verdict_inputs["mean_field_entropy_sd"] = th["sd"]
+    payload = {"settings": {**cfg.to_dict(), "dataset": data.name, "samples": len(data), "device": device,
+                            "variants": ["BN" if v else "noBN" for v in variants]},
+               "resumed_from": resumed, "metrics": m.to_dict("records"), "verdict_inputs": verdict_inputs,
+               "figures": figs}
+
+    def render(p: dict) -> str:
+        cols = ["batchnorm", "epoch", "train_loss", "loss", "entropy", "log_eig_std"]
+        text = format_table([{c: r[c] for c in cols} for r in p["metrics"]], cols)
+        vi = p["verdict_inputs"]
+        text += "\n\n" + "\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in vi.items())
+        text += "\nfigures: " + ", ".join(p["figures"].values())
+        return text
+
+    return payload, render

@@ -1,0 +1,508 @@
+"""Finite-width Gram chains of a batch-normalised random MLP.
+
+The chain of Joudaki et al. 2023, eq. (1)::
+
+    h_{l+1} = W_l σ(φ(h_l)),   W_l ~ N(0, 1/d)^{d×d} fresh at every layer,
+
+with ``h_l`` of shape ``(d, n)`` (width ``d``, batch ``n``) and the Gram
+matrix of eq. (2)::
+
+    G_l = (1/d) Xᵀ X,   X = σ(φ(h_l))   (n × n).
+
+``φ`` is ``bn`` (batch norm: each row centred over the ``n`` samples and
+divided by its population standard deviation, optional ``eps``), ``none``
+(φ = identity) or ``ln`` (layer norm: each column centred and scaled over
+the ``d`` units; the extension the paper names as future work, §7).
+
+Two engines, equal in law:
+
+* ``explicit`` materialises every ``W_l`` (O(d² n) time, O(d²) memory);
+* ``fast`` uses that, given ``X``, the rows of ``W_l X`` are i.i.d.
+  ``N(0, XᵀX/d) = N(0, G_l)``, so ``h_{l+1} = Z Cᵀ`` with ``Z`` a ``d×n``
+  standard normal matrix and ``C Cᵀ = G_l`` (Cholesky, or the symmetric
+  square root when ``G_l`` is singular, e.g. BN with the identity activation
+  where ``G* 1 = 0``). O(d n²) time and O(d n) memory per layer.
+
+Both are vectorised over seeds (a leading batch dimension); every seed has
+its own ``torch.Generator`` so a seed's trajectory does not depend on how
+many seeds run beside it.
+
+:func:`simulate_chain` returns the raw Gram matrices; :func:`gram_chain`
+turns them into a tidy DataFrame of the paper's measurements (distance to
+the fixed point ``G*`` of eq. (10), to the mean-field trajectory of eq. (3),
+condition number, spectrum); :func:`summarize_chain` gives mean and 5%/95%
+quantiles per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from normfield.core.activations import Activation, get_activation
+from normfield.core.validation import (
+    check_batch_for_norm,
+    check_choice,
+    check_finite_array,
+    check_float,
+    check_int,
+    check_memory,
+)
+from normfield.errors import NormfieldError
+
+__all__ = [
+    "ChainResult",
+    "simulate_chain",
+    "gram_chain",
+    "summarize_chain",
+    "chain_generators",
+    "psd_sqrt",
+]
+
+NORMS = ("bn", "none", "ln")
+ENGINES = ("fast", "explicit")
+INPUTS = ("gaussian", "degenerate")
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: elements of one (seeds, d, n) state tensor processed at once by the fast engine
+_CHUNK_ELEMENTS = 2**22
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """Gram matrices recorded along simulated chains.
+
+    Attributes:
+        grams: ``(K, R, n, n)`` float64; ``grams[k, r]`` is ``G_l`` of seed
+            ``k`` at layer ``layers[r]`` (Joudaki et al. eq. 2).
+        layers: ``(R,)`` int, the recorded layer indices (0 = the input layer).
+        singular_values: ``(K, R, n)`` float64, singular values of ``h_l``
+            (descending), or ``None`` when not requested.
+        settings: activation label, width, batch, depth, norm, engine, dtype,
+            device, seed, seeds, inputs, eps.
+    """
+
+    grams: np.ndarray
+    layers: np.ndarray
+    singular_values: np.ndarray | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> int:
+        return int(self.grams.shape[0])
+
+    @property
+    def batch(self) -> int:
+        return int(self.grams.shape[-1])
+
+
+def chain_generators(seed: int | torch.Generator, seeds: int, device: str = "cpu") -> list[torch.Generator]:
+    """One independent ``torch.Generator`` per seed index.
+
+    Seed ``k`` of a run with base ``seed`` is seeded from
+    ``numpy.random.SeedSequence([seed, k])`` so its stream does not depend on
+    the number of seeds run beside it. A given ``torch.Generator`` is shared
+    by all seeds (draws are then sequential).
+    """
+    if isinstance(seed, torch.Generator):
+        return [seed] * seeds
+    seed = check_int("seed", seed, minimum=0)
+    gens = []
+    for k in range(seeds):
+        s = int(np.random.SeedSequence([seed, k]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        g = torch.Generator(device=device)
+        g.manual_seed(s)
+        gens.append(g)
+    return gens
+
+
+def psd_sqrt(G: torch.Tensor) -> torch.Tensor:
+    """A factor ``C`` with ``C Cᵀ = G`` for a batch of PSD matrices.
+
+    Cholesky where it succeeds; the symmetric square root ``V diag(√λ₊) Vᵀ``
+    (negative rounding eigenvalues clipped to 0) for the matrices where it
+    fails (singular ``G``, e.g. BN with the identity activation, whose fixed
+    point has ``G* 1 = 0``). Any such ``C`` gives ``Z Cᵀ`` rows ~ N(0, G).
+
+    Args:
+        G: ``(..., n, n)`` symmetric PSD.
+
+    Returns:
+        ``(..., n, n)`` factor.
+    """
+    L, info = torch.linalg.cholesky_ex(G)
+    bad = info != 0
+    if bool(bad.any()):
+        Gb = G[bad]
+        w, V = torch.linalg.eigh(0.5 * (Gb + Gb.transpose(-1, -2)))
+        L = L.clone()
+        L[bad] = (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+    return L
+
+
+def _normalize(h: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """φ(h) for ``h`` of shape ``(S, d, n)``."""
+    if norm == "none":
+        return h
+    dim = -1 if norm == "bn" else -2  # bn: over the n samples of a row; ln: over the d units of a column
+    c = h - h.mean(dim=dim, keepdim=True)
+    var = (c * c).mean(dim=dim, keepdim=True)
+    return c / torch.sqrt(var + eps)
+
+
+def _check_h0(h0: torch.Tensor, norm: str, eps: float) -> None:
+    check_finite_array("h0", h0)
+    if eps > 0 or norm == "none":
+        return
+    if norm == "bn":
+        spread = h0.amax(dim=-1) - h0.amin(dim=-1)  # (S, d)
+        if bool((spread == 0).any()):
+            idx = torch.nonzero(spread == 0)[0].tolist()
+            row = idx[-1]
+            where = f"row {row}" + (f" of seed {idx[0]}" if h0.shape[0] > 1 else "")
+            raise NormfieldError(
+                f"h0 has a constant {where} (all {h0.shape[-1]} samples equal): batch norm divides "
+                "by its zero standard deviation; pass eps > 0 (e.g. eps=1e-5, --eps 1e-5) or "
+                "remove the row",
+                argument="h0",
+            )
+    else:
+        spread = h0.amax(dim=-2) - h0.amin(dim=-2)  # (S, n)
+        if bool((spread == 0).any()):
+            idx = torch.nonzero(spread == 0)[0].tolist()
+            raise NormfieldError(
+                f"h0 has a constant column {idx[-1]} (all units equal): layer norm divides by its "
+                "zero standard deviation; pass eps > 0 (e.g. eps=1e-5)",
+                argument="h0",
+            )
+
+
+def _make_inputs(
+    inputs: Any, S: int, d: int, n: int, gens: Sequence[torch.Generator], dtype: torch.dtype,
+    device: str, degeneracy: float,
+) -> torch.Tensor:
+    """The input batch ``h0`` of shape ``(S, d, n)``."""
+    if isinstance(inputs, str):
+        h = torch.empty(S, d, n, dtype=dtype, device=device)
+        for k in range(S):
+            h[k].normal_(generator=gens[k])
+        if inputs == "degenerate":
+            # one dominant direction in sample space: h0 = g vᵀ + δ Z, with v ⟂ 1_n so that
+            # batch norm (which removes the 1_n direction) keeps it; G0 is then close to rank one.
+            for k in range(S):
+                g = torch.empty(d, 1, dtype=dtype, device=device).normal_(generator=gens[k])
+                v = torch.empty(1, n, dtype=dtype, device=device).normal_(generator=gens[k])
+                v = v - v.mean()
+                v = v * math.sqrt(n) / v.norm().clamp_min(1e-30)
+                h[k] = g @ v + degeneracy * h[k]
+        return h
+    h = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
+    if h.ndim == 2:
+        h = h.unsqueeze(0)
+    if h.ndim != 3 or h.shape[-2:] != (d, n) or h.shape[0] not in (1, S):
+        raise NormfieldError(
+            f"h0 must have shape (width, batch) = ({d}, {n}) or (seeds, width, batch) = "
+            f"({S}, {d}, {n}), got {tuple(h.shape)}",
+            argument="h0",
+        )
+    if not (h.is_floating_point() or h.dtype in (torch.int32, torch.int64)):
+        raise NormfieldError(f"h0 must hold real numbers, got dtype {h.dtype}", argument="h0")
+    h = h.to(dtype=torch.float64)
+    check_finite_array("h0", h)
+    return h.to(dtype=dtype, device=device)
+
+
+def _resolve_device(device: str) -> str:
+    if not isinstance(device, str):
+        device = str(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NormfieldError("device cuda asked for, but no CUDA device is available; use cpu",
+                                 argument="device")
+        return device
+    if device != "cpu":
+        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
+    return device
+
+
+def simulate_chain(
+    activation: str | Activation,
+    width: int,
+    batch: int,
+    depth: int,
+    *,
+    seeds: int = 1,
+    norm: str = "bn",
+    engine: str = "fast",
+    inputs: str | np.ndarray | torch.Tensor = "gaussian",
+    eps: float = 0.0,
+    dtype: str = "float64",
+    device: str = "cpu",
+    seed: int | torch.Generator = 0,
+    record_layers: Sequence[int] | None = None,
+    singular_values: bool = False,
+    degeneracy: float = 0.1,
+    progress: bool = False,
+) -> ChainResult:
+    """Simulate the BN-MLP chain of Joudaki et al. 2023, eq. (1), and record G_l (eq. 2).
+
+    Args:
+        activation: σ, a registered name or an :class:`Activation`.
+        width: d >= 1 (>= 2 under ``ln``).
+        batch: n >= 1 (>= 2 under ``bn``).
+        depth: number of layers L >= 0; layers 0..L are recorded by default.
+        seeds: K independent chains, simulated as one batch.
+        norm: ``"bn"`` (paper), ``"none"`` or ``"ln"``.
+        engine: ``"fast"`` (exact in law, O(d n²)/layer) or ``"explicit"``
+            (materialises W_l, O(d² n)/layer).
+        inputs: ``"gaussian"`` (i.i.d. N(0,1) entries), ``"degenerate"``
+            (``h0 = g vᵀ + δ Z``, one dominant direction v ⟂ 1_n, δ =
+            ``degeneracy``), or an array ``(d, n)`` / ``(K, d, n)``.
+        eps: added to the variance inside φ (0 = the paper's BN).
+        dtype: ``"float64"`` or ``"float32"`` for the simulation (Grams are
+            returned in float64).
+        device: ``"cpu"`` or ``"cuda"``.
+        seed: base seed (seed k uses SeedSequence([seed, k])) or a
+            ``torch.Generator`` shared by all seeds.
+        record_layers: layer indices to record (default all of 0..L).
+        singular_values: also record the singular values of h_l.
+        degeneracy: δ of the ``"degenerate"`` input.
+        progress: show a progress bar over layers.
+
+    Returns:
+        :class:`ChainResult` with ``grams`` of shape ``(K, R, n, n)``.
+
+    Raises:
+        NormfieldError: bad sizes, a constant row of ``h0`` under BN (names the
+            row; suggests ``eps``), NaN/inf in ``h0``, or an explicit-engine
+            allocation over the memory cap (suggests ``engine="fast"``).
+    """
+    act = get_activation(activation)
+    norm = check_choice("norm", norm, NORMS)
+    engine = check_choice("engine", engine, ENGINES)
+    d = check_int("width", width, minimum=1)
+    n = check_batch_for_norm("batch", batch, "bn" if norm == "bn" else "none")
+    if norm == "ln" and d < 2:
+        raise NormfieldError(f"width must be >= 2 under ln normalization (statistics over the units), got {d}",
+                             argument="width")
+    L = check_int("depth", depth, minimum=0)
+    S = check_int("seeds", seeds, minimum=1)
+    eps = check_float("eps", eps, minimum=0.0)
+    degeneracy = check_float("degeneracy", degeneracy, minimum=0.0)
+    dt = _DTYPES[check_choice("dtype", dtype, tuple(_DTYPES))]
+    device = _resolve_device(device)
+    if isinstance(inputs, str):
+        check_choice("inputs", inputs, INPUTS)
+    if record_layers is None:
+        rec = np.arange(L + 1)
+    else:
+        rec = np.unique(np.asarray([check_int("record_layers", r, minimum=0, maximum=L) for r in record_layers],
+                                   dtype=int))
+        if rec.size == 0:
+            raise NormfieldError("record_layers must name at least one layer in [0, depth]", argument="record_layers")
+    itemsize = 8 if dt == torch.float64 else 4
+    check_memory("recorded Gram matrices", S * rec.size * n * n * 8.0,
+                 hint="record fewer layers (record_layers=...) or fewer seeds")
+    per_seed = d * n
+    chunk = max(1, min(S, _CHUNK_ELEMENTS // max(per_seed, 1)))
+    state_bytes = 6.0 * chunk * per_seed * itemsize
+    if engine == "explicit":
+        check_memory("explicit engine (one d×d weight matrix W_l)", float(d) * d * itemsize + state_bytes,
+                     hint=f"use engine='fast' (--engine fast): exact in law with O(d·n) memory")
+    else:
+        check_memory("fast engine state (seeds × d × n)", state_bytes, hint="lower width or use dtype float32")
+    gens = chain_generators(seed, S, device if not device.startswith("cuda") else "cuda")
+    user_h0 = None
+    if not isinstance(inputs, str):
+        user_h0 = _make_inputs(inputs, S, d, n, gens, dt, device, degeneracy)
+        _check_h0(user_h0, norm, eps)
+
+    grams = np.empty((S, rec.size, n, n))
+    svals = np.empty((S, rec.size, n)) if singular_values else None
+    rec_pos = {int(r): i for i, r in enumerate(rec)}
+    sqrt_d = math.sqrt(d)
+
+    from tqdm.auto import tqdm
+
+    for start in range(0, S, chunk):
+        sl = slice(start, min(S, start + chunk))
+        g_chunk = gens[sl]
+        s = len(g_chunk)
+        if isinstance(inputs, str):
+            h = _make_inputs(inputs, s, d, n, g_chunk, dt, device, degeneracy)
+        else:
+            h = user_h0[sl] if user_h0.shape[0] == S else user_h0[:1].expand(s, d, n).clone()
+        _check_h0(h, norm, eps)
+        for layer in tqdm(range(L + 1), desc="chain", disable=not progress, leave=False):
+            X = act(_normalize(h, norm, eps))
+            G = X.transpose(-1, -2) @ X / d
+            G = 0.5 * (G + G.transpose(-1, -2))
+            if layer in rec_pos:
+                i = rec_pos[layer]
+                grams[sl, i] = G.detach().to("cpu", torch.float64).numpy()
+                if svals is not None:
+                    hh = h.transpose(-1, -2) @ h
+                    ev = torch.linalg.eigvalsh(0.5 * (hh + hh.transpose(-1, -2)))
+                    svals[sl, i] = ev.clamp_min(0).sqrt().flip(-1).to("cpu", torch.float64).numpy()
+            if layer == L:
+                break
+            if engine == "fast":
+                C = psd_sqrt(G)
+                Z = torch.empty(s, d, n, dtype=dt, device=device)
+                for k in range(s):
+                    Z[k].normal_(generator=g_chunk[k])
+                h = Z @ C.transpose(-1, -2)
+            else:
+                hn = torch.empty_like(X)
+                W = torch.empty(d, d, dtype=dt, device=device)
+                for k in range(s):
+                    W.normal_(generator=g_chunk[k])
+                    hn[k] = (W @ X[k]) / sqrt_d
+                h = hn
+    if not np.all(np.isfinite(grams)):
+        raise NormfieldError(
+            "the chain produced NaN/inf (a row of h_l became constant, so batch norm divided by zero, or "
+            "the activation overflowed); pass eps > 0 (e.g. eps=1e-5) or use dtype float64",
+            argument="eps",
+        )
+    settings = {
+        "activation": act.label, "width": d, "batch": n, "depth": L, "norm": norm, "engine": engine,
+        "dtype": dtype, "device": device, "seed": seed if isinstance(seed, int) else "generator",
+        "seeds": S, "inputs": inputs if isinstance(inputs, str) else "user", "eps": eps,
+    }
+    return ChainResult(grams=grams, layers=rec, singular_values=svals, settings=settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def _fixed_point_matrix(activation: Activation, n: int) -> np.ndarray | None:
+    """Exact G* of Joudaki et al. eq. (10) from the foundation module, or None if unavailable."""
+    try:
+        from normfield.gram.fixed_point import fixed_point
+    except ImportError:  # pragma: no cover - foundation module not installed
+        return None
+    return np.asarray(fixed_point(activation, n).matrix, dtype=np.float64)
+
+
+def mean_field_from(G0: np.ndarray, activation: Activation, depth: int, norm: str, **kw: Any) -> np.ndarray:
+    """Mean-field Gram trajectory 𝒢_0 = G0, 𝒢_{l+1} = 𝒢(𝒢_l) (Joudaki et al. eq. 3).
+
+    ``G0`` is the simulated Gram at layer 0 (so the rows of h_1 are
+    N(0, G0)); returns ``(depth+1, n, n)``.
+    """
+    from normfield.gram.meanfield import gram_map
+
+    out = np.empty((depth + 1,) + G0.shape)
+    out[0] = G0
+    for l in range(depth):
+        out[l + 1] = gram_map(out[l], activation, norm=norm, **kw)
+    return out
+
+
+def gram_chain(
+    activation: str | Activation,
+    width: int,
+    batch: int,
+    depth: int,
+    *,
+    seeds: int = 10,
+    norm: str = "bn",
+    engine: str = "fast",
+    inputs: str | np.ndarray | torch.Tensor = "gaussian",
+    eps: float = 0.0,
+    dtype: str = "float64",
+    device: str = "cpu",
+    seed: int = 0,
+    mean_field: bool = True,
+    spectrum: bool = False,
+    mean_field_options: dict | None = None,
+    result: ChainResult | None = None,
+) -> pd.DataFrame:
+    """Simulate chains and return the paper's measurements as a tidy DataFrame.
+
+    Metrics per seed and layer (Joudaki et al. 2023, §4–6):
+
+    * ``dist_fixed_point`` = ‖G_l − G*‖_F with the exact G* of eq. (10)
+      (BN only; absent otherwise: without BN there is no G*);
+    * ``dist_mean_field`` = ‖G_l − 𝒢_l‖_F, 𝒢 the mean-field trajectory of
+      eq. (3) started from the same G_0 (when ``mean_field``);
+    * ``condition_number`` = κ(G_l) = λ_max/λ_min (inf if singular);
+    * ``eig_1`` … ``eig_n`` (largest first) when ``spectrum``.
+
+    Args:
+        activation, width, batch, depth, seeds, norm, engine, inputs, eps,
+        dtype, device, seed: as in :func:`simulate_chain`.
+        mean_field: compute the mean-field distance (one trajectory per seed).
+        spectrum: add the eigenvalues of every G_l.
+        mean_field_options: keyword options for ``gram_map`` (e.g. samples).
+        result: reuse an existing :class:`ChainResult` instead of simulating.
+
+    Returns:
+        DataFrame with columns ``seed, layer, metric, value`` plus the
+        settings (activation, width, batch, depth, norm, engine, dtype).
+    """
+    act = get_activation(activation)
+    if result is None:
+        result = simulate_chain(act, width, batch, depth, seeds=seeds, norm=norm, engine=engine, inputs=inputs,
+                                eps=eps, dtype=dtype, device=device, seed=seed)
+    st = result.settings
+    grams, layers = result.grams, result.layers
+    K, R, n, _ = grams.shape
+    frames: list[pd.DataFrame] = []
+
+    def add(metric: str, values: np.ndarray) -> None:
+        frames.append(pd.DataFrame({
+            "seed": np.repeat(np.arange(K), R), "layer": np.tile(layers, K),
+            "metric": metric, "value": values.reshape(-1),
+        }))
+
+    if st["norm"] == "bn":
+        Gs = _fixed_point_matrix(act, n)
+        if Gs is not None:
+            add("dist_fixed_point", np.linalg.norm(grams - Gs, axis=(-2, -1)))
+    if mean_field:
+        if layers[0] != 0 or np.any(np.diff(layers) != 1):
+            raise NormfieldError("the mean-field distance needs every layer recorded from 0", argument="mean_field")
+        dmf = np.empty((K, R))
+        for k in range(K):
+            traj = mean_field_from(grams[k, 0], act, int(layers[-1]), st["norm"], **(mean_field_options or {}))
+            dmf[k] = np.linalg.norm(grams[k] - traj, axis=(-2, -1))
+        add("dist_mean_field", dmf)
+    ev = np.linalg.eigvalsh(grams)[..., ::-1]  # (K, R, n) largest first
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(ev[..., -1] > 0, ev[..., 0] / ev[..., -1], np.inf)
+    add("condition_number", kappa)
+    if spectrum:
+        for i in range(n):
+            add(f"eig_{i + 1}", ev[..., i])
+    df = pd.concat(frames, ignore_index=True)
+    for key in ("activation", "width", "batch", "depth", "norm", "engine", "dtype", "inputs"):
+        df[key] = st[key]
+    return df
+
+
+def summarize_chain(df: pd.DataFrame, *, by: Sequence[str] = ("layer",), level: float = 0.90) -> pd.DataFrame:
+    """Mean and central ``level`` band (default 5%/95% quantiles) over seeds.
+
+    Args:
+        df: output of :func:`gram_chain` (columns seed, layer, metric, value, ...).
+        by: grouping columns besides ``metric`` (e.g. ``("width", "layer")``).
+        level: central coverage of the band.
+
+    Returns:
+        DataFrame with columns ``*by, metric, mean, q05, q95, sem, count``.
+    """
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    keys = [*by, "metric"]
+    g = df.groupby(keys, sort=True)["value"]
+    out = pd.DataFrame({
+        "mean": g.mean(), "q05": g.quantile(lo), "q95": g.quantile(hi),
+        "sem": g.std(ddof=1) / np.sqrt(g.count()), "count": g.count(),
+    }).reset_index()
+    return out

@@ -1,0 +1,75 @@
+"""``normfield analyze``: in-process CLI tests (table, --json, data files, bad input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from normfield.cli import main
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "resnet_block.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_analyze_json_and_table(capsys):
+    args = ["analyze", f"{EXAMPLE}:make_model", "--input-shape", "3,4,4", "--batch", "4", "--factory-kwargs",
+            '{"width": 2, "classes": 3}', "--what-if", "last-mean", "--k", "3"]
+    assert main(args + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["settings"]["samples"] == 4 and d["settings"]["outputs"] == 3
+    assert len(d["eigenvalues"]) == 3
+    assert d["lr_bound"] == pytest.approx(2 / d["lambda_max"])
+    assert "last-mean" in d["what_if"]
+    assert any(r["layer"] == "layer1.relu#1" for r in d["layers"])  # a re-used module, second call
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "lambda_max" in out and "last-mean" in out and "layer1.bn1" in out
+
+
+def test_analyze_data_file(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((5, 12))
+    f = tmp_path / "x.npy"
+    np.save(f, x)
+    code = main(["analyze", f"{EXAMPLE}:make_model", "--data", str(f), "--input-shape", "3,2,2", "--factory-kwargs",
+                 '{"width": 2, "classes": 2}', "--layers", "none", "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["settings"]["samples"] == 5 and d["layers"] == []
+    c = tmp_path / "x.csv"
+    np.savetxt(c, x, delimiter=",")
+    assert main(["analyze", f"{EXAMPLE}:make_model", "--data", str(c), "--input-shape", "3,2,2", "--batch", "3",
+                 "--factory-kwargs", '{"width": 2, "classes": 2}', "--no-fisher", "--json"]) == 0
+    d2 = json.loads(capsys.readouterr().out)
+    assert "lambda_max" not in d2 and d2["layers"][0]["batch"] == 3
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--input-shape", "3,y"], "--input-shape"),
+    (["--input-shape", "3"], "failed for inputs of shape (32, 3)"),
+    ([], "--input-shape"),
+    (["--input-shape", "3,4,4", "--batch", "1"], "batch size 1"),
+    (["--input-shape", "3,4,4", "--factory-kwargs", "[1]"], "--factory-kwargs"),
+    (["--input-shape", "3,4,4", "--factory-kwargs", '{"nope": 1}'], "--factory-kwargs"),
+    (["--data", "/nonexistent.npy"], "--data"),
+])
+def test_analyze_bad_input(extra, needle, capsys):
+    assert main(["analyze", f"{EXAMPLE}:make_model", *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("spec", ["no_colon", "normfield_no_such_module:f", f"{EXAMPLE}:nope", "/x/y.py:f"])
+def test_analyze_bad_model_spec(spec, capsys):
+    assert main(["analyze", spec, "--input-shape", "3"]) == 2
+    assert "MODULE:FACTORY" in capsys.readouterr().err

@@ -1,0 +1,177 @@
+"""Tests of the finite-width Gram chain simulator (normfield.gram.chain)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from normfield.errors import NormfieldError
+from normfield.gram.chain import gram_chain, psd_sqrt, simulate_chain, summarize_chain
+
+
+# --- tier 1: exact identities -------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["fast", "explicit"])
+def test_bn_identity_exact_invariants(engine):
+    # Under BN every row of φ(h) has mean 0 and mean square 1, so with σ = identity
+    # trace(G_l) = (1/d) Σ_rows ‖φ(row)‖² = n and G_l 1 = 0 exactly (to rounding), at every layer.
+    # G_l is then singular, which the fast engine must handle (symmetric square root).
+    r = simulate_chain("identity", 40, 5, 6, seeds=3, engine=engine, seed=1)
+    G = r.grams
+    np.testing.assert_allclose(np.trace(G, axis1=-2, axis2=-1), 5.0, rtol=1e-12)
+    np.testing.assert_allclose(G @ np.ones(5), 0.0, atol=1e-12)
+
+
+def test_ln_identity_unit_diagonal():
+    # Under LN every column of φ(h) has mean 0 and mean square 1 over the d units: diag(G) = 1.
+    r = simulate_chain("identity", 30, 4, 3, seeds=2, norm="ln", seed=2)
+    np.testing.assert_allclose(np.diagonal(r.grams, axis1=-2, axis2=-1), 1.0, rtol=1e-12)
+
+
+def test_layer0_is_the_input_gram_and_singular_values():
+    rng = np.random.default_rng(0)
+    h0 = rng.standard_normal((25, 4))
+    r = simulate_chain("identity", 25, 4, 0, norm="none", inputs=h0, singular_values=True)
+    np.testing.assert_allclose(r.grams[0, 0], h0.T @ h0 / 25, rtol=1e-12)
+    np.testing.assert_allclose(r.singular_values[0, 0], np.linalg.svd(h0, compute_uv=False), rtol=1e-10)
+
+
+def test_psd_sqrt_factors_singular_and_regular():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((3, 6, 6))
+    G = torch.as_tensor(A @ A.transpose(0, 2, 1))
+    M = torch.eye(6, dtype=torch.float64) - 1.0 / 6  # centring projector: singular
+    B = torch.stack([G[0], M, G[2]])
+    C = psd_sqrt(B)
+    torch.testing.assert_close(C @ C.transpose(-1, -2), B, rtol=0, atol=1e-12)
+
+
+def test_seeded_reproducible_and_independent_of_batching():
+    a = simulate_chain("tanh", 50, 4, 5, seeds=3, seed=7)
+    b = simulate_chain("tanh", 50, 4, 5, seeds=3, seed=7)
+    c = simulate_chain("tanh", 50, 4, 5, seeds=1, seed=7)
+    d = simulate_chain("tanh", 50, 4, 5, seeds=3, seed=8)
+    np.testing.assert_array_equal(a.grams, b.grams)
+    np.testing.assert_array_equal(a.grams[:1], c.grams)  # seed 0's path does not depend on K
+    assert not np.allclose(a.grams[:, -1], d.grams[:, -1])
+    g = torch.Generator().manual_seed(3)
+    e = simulate_chain("tanh", 50, 4, 5, seeds=2, seed=g)
+    assert e.grams.shape == (2, 6, 4, 4)
+
+
+def test_record_layers_and_float32():
+    r = simulate_chain("relu", 64, 5, 8, seeds=2, record_layers=[0, 4, 8], dtype="float32")
+    assert list(r.layers) == [0, 4, 8] and r.grams.shape == (2, 3, 5, 5)
+    # BN + relu: diag(G) = mean of relu(φ)^2 per sample, finite and positive; float32 rounding ~1e-6
+    assert np.all(np.isfinite(r.grams)) and np.all(np.diagonal(r.grams, axis1=-2, axis2=-1) > 0)
+
+
+# --- tier 2: the one-step law of both engines ---------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["fast", "explicit"])
+def test_one_step_mean_is_the_input_gram(engine):
+    # Without normalization and with σ = identity, E[G_1 | h_0] = G_0 for both engines
+    # (rows of h_1 are N(0, G_0)). Each entry of G_1 has variance (G_ii G_jj + G_ij²)/d per seed,
+    # so the K-seed mean has sd sqrt((G_ii G_jj + G_ij²)/(dK)); the CLT holds (dK = 12800
+    # summands). We allow 4.5 sd per entry: with 4x4 = 16 entries the false-alarm rate is
+    # <= 16 * 6.8e-6 ≈ 1e-4 (Bonferroni).
+    rng = np.random.default_rng(5)
+    d, n, K = 64, 4, 200
+    h0 = rng.standard_normal((d, n)) + 0.5 * rng.standard_normal((d, 1))
+    r = simulate_chain("identity", d, n, 1, seeds=K, norm="none", engine=engine, inputs=h0, seed=11)
+    G0 = r.grams[0, 0]
+    mean = r.grams[:, 1].mean(0)
+    sd = np.sqrt((np.outer(np.diag(G0), np.diag(G0)) + G0 ** 2) / (d * K))
+    assert np.all(np.abs(mean - G0) <= 4.5 * sd), (mean - G0) / sd
+
+
+def _stats(grams_last: np.ndarray, ref: np.ndarray) -> list[np.ndarray]:
+    return [grams_last[:, 0, 1], np.linalg.norm(grams_last - ref, axis=(-2, -1)),
+            np.linalg.eigvalsh(grams_last)[:, -1]]
+
+
+def test_fast_and_explicit_engines_have_the_same_law():
+    # Two-sample Kolmogorov–Smirnov tests on three statistics of G_L (an off-diagonal entry, the
+    # distance to the pooled mean, the top eigenvalue) for K = 300 seeded chains per engine.
+    # Each test is run at level 1e-3/3 (Bonferroni), so the false-alarm rate of this test is
+    # <= 1e-3 if the engines agree in law; seeds are fixed, so the outcome is deterministic.
+    d, n, L, K = 48, 4, 3, 300
+    fast = simulate_chain("relu", d, n, L, seeds=K, engine="fast", seed=100).grams[:, -1]
+    expl = simulate_chain("relu", d, n, L, seeds=K, engine="explicit", seed=200).grams[:, -1]
+    ref = np.concatenate([fast, expl]).mean(0)
+    pvals = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+    assert min(pvals) > 1e-3 / 3, pvals
+    # power: the same test must reject a wrong law (explicit engine at width d/4, whose
+    # fluctuations are twice as large)
+    wrong = simulate_chain("relu", d // 4, n, L, seeds=K, engine="explicit", seed=300).grams[:, -1]
+    pw = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(wrong, ref))]
+    assert min(pw) < 1e-3 / 3, pw
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+def test_gram_chain_frame_and_summary():
+    df = gram_chain("relu", 100, 4, 5, seeds=6, mean_field=False, spectrum=True)
+    assert {"seed", "layer", "metric", "value", "activation", "width", "batch", "norm"} <= set(df.columns)
+    kappa = df[df.metric == "condition_number"]
+    e1 = df[df.metric == "eig_1"].value.to_numpy()
+    e4 = df[df.metric == "eig_4"].value.to_numpy()
+    np.testing.assert_allclose(kappa.value.to_numpy(), e1 / e4, rtol=1e-12)
+    s = summarize_chain(df)
+    row = s[(s.metric == "eig_1") & (s.layer == 5)].iloc[0]
+    vals = df[(df.metric == "eig_1") & (df.layer == 5)].value.to_numpy()
+    assert row["mean"] == pytest.approx(vals.mean()) and row["q95"] == pytest.approx(np.quantile(vals, 0.95))
+
+
+def test_distance_to_fixed_point_uses_exact_gstar():
+    fp = pytest.importorskip("normfield.gram.fixed_point")
+    df = gram_chain("tanh", 200, 5, 4, seeds=3, mean_field=False)
+    r = simulate_chain("tanh", 200, 5, 4, seeds=3)
+    Gs = fp.fixed_point("tanh", 5).matrix
+    got = df[df.metric == "dist_fixed_point"].sort_values(["seed", "layer"]).value.to_numpy()
+    np.testing.assert_allclose(got, np.linalg.norm(r.grams - Gs, axis=(-2, -1)).ravel(), rtol=1e-12)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(batch=1), "batch"),
+    (dict(width=0), "width"),
+    (dict(depth=-1), "depth"),
+    (dict(norm="bogus"), "norm"),
+    (dict(engine="slow"), "engine"),
+    (dict(dtype="float16"), "dtype"),
+    (dict(seeds=0), "seeds"),
+])
+def test_bad_sizes(kwargs, match):
+    base = dict(activation="relu", width=10, batch=3, depth=2)
+    base.update(kwargs)
+    with pytest.raises(NormfieldError, match=match):
+        simulate_chain(**base)
+
+
+def test_constant_row_named_and_eps_suggested():
+    h0 = np.random.default_rng(0).standard_normal((6, 4))
+    h0[3] = 2.0
+    with pytest.raises(NormfieldError, match=r"row 3.*eps"):
+        simulate_chain("relu", 6, 4, 2, inputs=h0)
+    r = simulate_chain("relu", 6, 4, 2, inputs=h0, eps=1e-5)  # the suggested fix works
+    assert np.all(np.isfinite(r.grams))
+
+
+def test_nonfinite_and_misshapen_h0():
+    h0 = np.ones((6, 4))
+    h0[2, 1] = np.nan
+    with pytest.raises(NormfieldError, match="NaN"):
+        simulate_chain("relu", 6, 4, 2, inputs=h0)
+    with pytest.raises(NormfieldError, match="shape"):
+        simulate_chain("relu", 6, 4, 2, inputs=np.ones((5, 4)))
+
+
+def test_explicit_engine_refuses_before_allocating():
+    with pytest.raises(NormfieldError, match="fast"):
+        simulate_chain("relu", 10**6, 10, 2, engine="explicit")

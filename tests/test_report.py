@@ -1,0 +1,128 @@
+"""The report: self-contained HTML, Markdown, results.json, tidy data; atomic writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from normfield.claims.registry import ClaimResult  # noqa: E402
+from normfield.report import write_report  # noqa: E402
+from normfield.report.writer import atomic_write, jsonable  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(tmp_path, cid="X-fig1", verdict="PASS", fig=True, **kw) -> ClaimResult:
+    figs = []
+    if fig:
+        p = tmp_path / "figures" / f"{cid}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        f, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        f.savefig(p, dpi=40)
+        plt.close(f)
+        figs.append(p)
+    r = ClaimResult(
+        verdict=verdict,
+        measured={"slope": 0.4975, "ratio": float("nan")},
+        expected={"slope": "0.5 ± 0.01"},
+        settings={"width": 512, "seeds": [3, 4]},
+        figures=figs,
+        data={"curve": pd.DataFrame({"t": [0, 1, 2], "y": [1.0, 0.5, 0.25]})},
+        notes=kw.get("notes", "At quick scale the width is 512 instead of the paper's 4096."),
+        id=cid,
+        title=f"title of {cid}",
+        paper="Joudaki et al. 2023",
+        reference="Fig. 1, eq. (10)",
+        statement="The statement <with> & special characters.",
+        wall_time_s=1.25,
+        sweeps=[{"name": "s", "cells": 4, "cached": 1, "seeds": [3, 4], "executor": "local"}],
+    )
+    return r
+
+
+def test_all_files_and_sections(tmp_path):
+    results = [_result(tmp_path), _result(tmp_path, "K-thm3", "FAIL")]
+    paths = write_report(results, tmp_path, meta={"scale": "quick", "seed": 0, "device": "cpu", "executor": "local"})
+    page = paths["html"].read_text()
+    # self-contained: no external resources at all
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(imgs) == 2 and all(base64.b64decode(b).startswith(PNG_MAGIC) for b in imgs)
+    for cid in ("X-fig1", "K-thm3"):
+        sec = page[page.index(f'<section id="{cid}"'):]
+        sec = sec[: sec.index("</section>")]
+        for needle in ("Joudaki et al. 2023", "Fig. 1, eq. (10)", "The statement &lt;with&gt; &amp; special",
+                       "Settings", "width", "512", "Measured", "0.4975", "Expected", "0.5 ± 0.01", "Verdict",
+                       "Notes", "quick scale"):
+            assert needle in sec, (cid, needle)
+    assert "<span class='FAIL'>FAIL</span>" in page and "1/2 claims PASS" in page
+    assert "class='banner'" in page  # quick scale: the report says verdicts may differ at paper scale
+    md = paths["md"].read_text()
+    assert "| X-fig1 | Joudaki et al. 2023 | Fig. 1, eq. (10) | PASS | 1.2 |" in md
+    assert "![X-fig1](figures/X-fig1.png)" in md and "--scale paper" in md
+
+
+def test_results_json_has_versions_seeds_and_wall_times(tmp_path):
+    write_report([_result(tmp_path)], tmp_path, meta={"scale": "quick", "seed": 7, "device": "cpu"})
+    res = json.loads((tmp_path / "results.json").read_text())  # strict JSON: NaN became a string
+    env = res["environment"]
+    assert {"normfield", "torch", "numpy", "python", "device"} <= set(env)
+    assert res["run"]["scale"] == "quick" and res["run"]["seed"] == 7
+    (c,) = res["claims"]
+    assert c["seeds"] == [3, 4] and c["wall_time_s"] == 1.25 and c["measured"]["ratio"] == "nan"
+    assert c["figures"] == ["figures/X-fig1.png"] and c["sweeps"][0]["cached"] == 1
+    assert res["summary"] == {"claims": 1, "pass": 1, "fail": 0, "scale": "quick"}
+
+
+def test_tidy_data_roundtrip(tmp_path):
+    r = _result(tmp_path)
+    write_report([r], tmp_path, meta={"scale": "paper"})
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "data" / "X-fig1_curve.parquet"), r.data["curve"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "data" / "X-fig1_curve.csv"), r.data["curve"])
+    assert "class='banner'" not in (tmp_path / "report.html").read_text()  # paper scale: no banner
+
+
+def test_missing_figure_is_flagged_not_hidden(tmp_path):
+    r = _result(tmp_path, fig=False)
+    r.figures = [tmp_path / "figures" / "never_drawn.png"]
+    write_report([r], tmp_path, meta={"scale": "quick"})
+    assert "figures/never_drawn.png is missing" in (tmp_path / "report.html").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["claims"][0]["missing_figures"]
+
+
+def test_atomic_write_leaves_no_temporaries(tmp_path):
+    atomic_write(tmp_path / "a.txt", "x" * 1000)
+    atomic_write(tmp_path / "a.txt", "y")
+    assert (tmp_path / "a.txt").read_text() == "y"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+    class Boom(Exception):
+        pass
+
+    class Bad:
+        def encode(self, *a):
+            raise Boom
+
+    with pytest.raises(Exception):
+        atomic_write(tmp_path / "b.txt", Bad())  # type: ignore[arg-type]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_jsonable():
+    import numpy as np
+
+    assert jsonable({"a": np.float64(1.5), "b": np.arange(2), "c": float("inf"), "d": np.bool_(True)}) == {
+        "a": 1.5, "b": [0, 1], "c": "inf", "d": True}

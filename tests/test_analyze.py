@@ -405,6 +405,13 @@ def test_bad_inputs():
         nf.analyze(model, x, dtype="float16")
     with pytest.raises(NormfieldError, match="layers"):
         nf.analyze(model, x, layers=["nope"])
+    drop = nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5), nn.Linear(4, 2)).to(DT)
+    with pytest.raises(NormfieldError, match="dropout"):
+        nf.analyze(drop, x)
+    assert nf.analyze(drop, x, mode="eval", layers="none").parameters == 5 * 4 + 4 + 4 * 2 + 2
+    assert drop.training
+    with pytest.raises(NormfieldError, match="failed for inputs of shape"):
+        nf.analyze(model, torch.randn(4, 3, dtype=DT))
 
 
 def test_batch_that_does_not_fit(monkeypatch):
@@ -421,10 +428,100 @@ def test_to_dict_is_json():
 
     model, x = _make(CASES[2])
     res = nf.analyze(model, x, what_if="last-mean", k=3)
-    d = json.loads(json.dumps(res.to_dict()))
+    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
     assert d["lambda_max"] == pytest.approx(res.lambda_max)
     assert d["lr_bound"] == pytest.approx(2 / res.lambda_max)
     assert len(d["eigenvalues"]) == 3 and d["eigenvalues"][0] >= d["eigenvalues"][-1]
     assert d["what_if"]["last-mean"]["lambda_max_ratio"] == pytest.approx(res.what_if_ratio())
     assert len(d["layers"]) == len(res.layers)
     assert "lambda_max" in res.summary()
+
+
+def test_lanczos_top_on_a_clustered_spectrum():
+    """Lanczos (full reorthogonalisation) against eigvalsh on a matrix with a near-degenerate top cluster,
+    like F* with C outputs (C eigenvalues ∝ M). Kahan's bound: each Ritz value is within the residual
+    tol·θ_1 of an eigenvalue, so 1e-9 relative suffices at tol=1e-10 (the cluster gap is 1e-3)."""
+    from normfield.analyze.ntk import lanczos_top
+
+    rng = np.random.default_rng(0)
+    n = 300
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.concatenate([[100.0, 99.9, 99.8], rng.uniform(0, 5, n - 3)])
+    A = (Q * lam) @ Q.T
+    w, V, steps, ok = lanczos_top(lambda v: A @ v, n, 3, tol=1e-10, seed=1)
+    assert ok and steps < n
+    assert np.allclose(w, [100.0, 99.9, 99.8], rtol=1e-9, atol=0)
+    assert np.allclose(V.T @ V, np.eye(3), atol=1e-8)
+
+
+def test_slq_is_gauss_quadrature_and_density_histograms():
+    """SLQ with m steps integrates vᵀ A^j v exactly for j <= 2m−1 (Golub & Meurant, Thm 6.2)."""
+    from normfield.analyze.ntk import slq_density
+
+    rng = np.random.default_rng(2)
+    n, m = 60, 6
+    B = rng.standard_normal((n, n))
+    A = B @ B.T / n
+    nodes, weights, used = slq_density(lambda v: A @ v, n, probes=1, steps=m, seed=5)
+    assert used == m and weights.sum() == pytest.approx(1.0, abs=1e-12)
+    v = np.random.default_rng(5).choice([-1.0, 1.0], size=n) / np.sqrt(n)  # the same probe
+    for j in range(2 * m):
+        exact = v @ np.linalg.matrix_power(A, j) @ v
+        assert np.sum(weights * nodes ** j) == pytest.approx(exact, rel=1e-9)
+    model, x = _make(CASES[0])
+    d = nf.analyze(model, x, method="dense", layers="none", density=True)
+    h = d.fisher.density(bins=10)
+    assert h.mass.sum() == pytest.approx(1.0) and len(h) == 10
+    lz = nf.analyze(model, x, method="lanczos", layers="none", density=True, k=1)
+    # first moment of the SLQ measure = Hutchinson estimate of tr(F*)/n: exact only in expectation;
+    # the top edge of the measure is a Ritz value, so it cannot exceed λ_max
+    assert lz.fisher.density_nodes.max() <= d.lambda_max * (1 + 1e-8)
+    assert lz.fisher.density(bins=5, log=True).mass.sum() == pytest.approx(1.0)
+    with pytest.raises(NormfieldError, match="density=True"):
+        nf.analyze(model, x, layers="none").fisher.density()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    model, x = _make(CASES[3])
+    cpu = nf.analyze(model, x, method="dense", what_if="last-mean")
+    gpu = nf.analyze(model, x, method="dense", what_if="last-mean", device="cuda")
+    assert gpu.settings["device"].startswith("cuda")
+    assert gpu.lambda_max == pytest.approx(cpu.lambda_max, rel=1e-9)
+    assert np.allclose(gpu.layers.lambda_max, cpu.layers.lambda_max, rtol=1e-9)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_layer_grams_equal_in_law_to_the_gram_chain_engine():
+    """Joudaki et al. eq. (1)-(2) built from nn.Modules (BatchNorm1d -> ReLU -> Linear N(0, 1/d)) has the
+    same law as the Gram-chain engine's explicit simulation (normfield.gram.chain): compare the mean,
+    over K independent seeds each, of the layer-L distance to G* (and of the mean cosine). Two-sample
+    z-test: |m1 - m2| <= 4 sqrt(s1²/K + s2²/K) (two-sided p ~ 6e-5 under equality; seeded)."""
+    chain = pytest.importorskip("normfield.gram.chain")
+    fp = pytest.importorskip("normfield.gram.fixed_point")
+    d, n, L, K = 128, 4, 6, 24
+    r = chain.simulate_chain("relu", d, n, L, seeds=K, norm="bn", engine="explicit", seed=0)
+    Gs = np.asarray(fp.fixed_point("relu", n).matrix)
+
+    def stats(G):
+        c = G / np.sqrt(np.outer(np.diag(G), np.diag(G)))
+        return np.linalg.norm(G - Gs) / np.linalg.norm(Gs), c[~np.eye(n, dtype=bool)].mean()
+
+    theirs = np.array([stats(r.grams[k, -1]) for k in range(K)])
+    ours = []
+    for k in range(K):
+        torch.manual_seed(100 + k)
+        layers = [nn.BatchNorm1d(d, eps=1e-30), nn.ReLU()]
+        for _ in range(L):
+            lin = nn.Linear(d, d, bias=False)
+            nn.init.normal_(lin.weight, 0.0, 1 / math.sqrt(d))
+            layers += [lin, nn.BatchNorm1d(d, eps=1e-30), nn.ReLU()]
+        model = nn.Sequential(*layers).to(DT)
+        h0 = torch.randn(n, d, dtype=DT)  # the engine's "gaussian" input h0 (d, n), transposed
+        res = nf.analyze(model, h0, fisher=False, layers=(nn.ReLU,))
+        assert len(res.layers) == L + 1
+        ours.append(stats(res.grams[res.layers.layer.iloc[-1]]))
+    ours = np.array(ours)
+    for j in range(2):
+        se = math.sqrt(ours[:, j].var(ddof=1) / K + theirs[:, j].var(ddof=1) / K)
+        assert abs(ours[:, j].mean() - theirs[:, j].mean()) <= 4 * se

@@ -41,14 +41,15 @@ def test_key_depends_on_fn_settings_seed_version():
         cell_key(ia, {"seed": 0, "n": 3.5}, "1.0"),
         cell_key(ia, {"seed": 0, "n": 3}, "1.1"),  # other normfield version
     ]
+    assert cell_key(ia, {"seed": np.int64(0), "n": np.float64(3.0)}, "1.0") == cell_key(ia, {"seed": 0, "n": 3.0}, "1.0")
     assert len({base, *others}) == 6
     assert ia["fn"].endswith("test_cache._fn_a")
 
 
-def test_roundtrip_parquet_and_pickle_fallback(tmp_path):
+def test_roundtrip_arrow_and_pickle_fallback(tmp_path):
     c = ResultCache(tmp_path)
     df = pd.DataFrame({"x": np.linspace(0, 1, 7) ** 0.5, "k": np.arange(7), "s": list("abcdefg")})
-    mixed = pd.DataFrame({"o": [1, "a", 2.5]})  # Parquet cannot hold a mixed object column
+    mixed = pd.DataFrame({"o": [1, "a", 2.5]})  # Arrow cannot hold a mixed object column
     objstr = pd.DataFrame({"o": pd.Series(["a", "b"], dtype=object)})  # would come back as another dtype
     c.put("k1", sweep="s", fn="f", cell={"seed": 0}, version="v", df=df)
     c.put("k2", sweep="s", fn="f", cell={"seed": 1}, version="v", df=mixed)
@@ -59,10 +60,23 @@ def test_roundtrip_parquet_and_pickle_fallback(tmp_path):
         pd.testing.assert_frame_equal(got[k], want, check_exact=True)
     fmts = dict(sqlite3.connect(tmp_path / DB_NAME).execute("SELECT key, format FROM cells").fetchall())
     assert fmts["k2"] == "pickle" and fmts["k3"] == "pickle"
-    if isinstance(df["s"].dtype, pd.StringDtype):  # pandas >= 3 infers a string dtype: Parquet
-        assert fmts["k1"] == "parquet"
+    if isinstance(df["s"].dtype, pd.StringDtype):  # pandas >= 3 infers a string dtype: Arrow
+        assert fmts["k1"] == "arrow"
     assert list(c.summary()["cells"]) == [3]
     assert c.clear("s") == 3 and len(c) == 0
+
+
+def test_undecodable_entry_is_a_miss_and_gets_overwritten(tmp_path):
+    run_sweep(_fn_a, [{"seed": 0}, {"seed": 1}], name="t", progress=False, cache_dir=tmp_path)
+    con = sqlite3.connect(tmp_path / DB_NAME)
+    with con:
+        con.execute("UPDATE cells SET format = 'from-the-future' WHERE settings LIKE '%\"seed\":1%'")
+    con.close()
+    df = run_sweep(_fn_a, [{"seed": 0}, {"seed": 1}], name="t", progress=False, cache_dir=tmp_path)
+    assert df.attrs["sweep"]["cached"] == 1 and df.attrs["sweep"]["computed"] == 1
+    assert list(df["v"]) == [0.0, 1.5]
+    again = run_sweep(_fn_a, [{"seed": 0}, {"seed": 1}], name="t", progress=False, cache_dir=tmp_path)
+    assert again.attrs["sweep"]["cached"] == 2
 
 
 def test_reading_an_absent_cache_writes_nothing(tmp_path):

@@ -94,6 +94,39 @@ def _stats(grams_last: np.ndarray, ref: np.ndarray) -> list[np.ndarray]:
             np.linalg.eigvalsh(grams_last)[:, -1]]
 
 
+@pytest.mark.parametrize("activation, norm", [("identity", "bn"), ("tanh", "ln"), ("relu", "none")])
+def test_engines_same_law_other_norms(activation, norm):
+    # As below, for the singular-G* route (BN + identity: symmetric square root), layer norm and no
+    # normalization. Three KS tests at 1e-3/3 each: false-alarm rate <= 1e-3 per case.
+    d, n, L, K = 40, 4, 3, 250
+    fast = simulate_chain(activation, d, n, L, seeds=K, norm=norm, engine="fast", seed=101).grams[:, -1]
+    expl = simulate_chain(activation, d, n, L, seeds=K, norm=norm, engine="explicit", seed=201).grams[:, -1]
+    ref = np.concatenate([fast, expl]).mean(0)
+    pvals = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+    assert min(pvals) > 1e-3 / 3, pvals
+
+
+@pytest.mark.parametrize("engine", ["fast", "explicit"])
+@pytest.mark.parametrize("activation, norm", [("relu", "bn"), ("identity", "bn"), ("tanh", "none")])
+def test_one_layer_mean_is_the_mean_field_map(engine, activation, norm):
+    # Independent routes: given G_0, the rows of h_1 are i.i.d. N(0, G_0) and φ acts row by row
+    # (BN) or not at all, so E[G_1 | h_0] = 𝒢(G_0) exactly at any width (Joudaki et al. eq. 3), computed
+    # by the foundation module's exact routes (BN: relu/identity 1-D integral; none: 2-D kernels).
+    # Tolerance: the K-seed mean of each entry has sd s_ij/√K (s_ij the sample sd over seeds;
+    # K = 400, so the CLT and the plug-in sd are accurate); 4.5 sd per entry, n² = 16 entries:
+    # false-alarm rate <= 16 × 6.8e-6 ≈ 1e-4.
+    from normfield.gram.meanfield import gram_map
+
+    rng = np.random.default_rng(9)
+    d, n, K = 30, 4, 400
+    h0 = rng.standard_normal((d, n)) + 0.8 * rng.standard_normal((d, 1)) * np.array([1.0, 0.5, -0.3, 0.0])
+    r = simulate_chain(activation, d, n, 1, seeds=K, norm=norm, engine=engine, inputs=h0, seed=21)
+    target = gram_map(r.grams[0, 0], activation, norm=norm)
+    G1 = r.grams[:, 1]
+    sd = G1.std(0, ddof=1) / np.sqrt(K)
+    assert np.all(np.abs(G1.mean(0) - target) <= 4.5 * sd + 1e-12), (G1.mean(0) - target) / sd
+
+
 def test_fast_and_explicit_engines_have_the_same_law():
     # Two-sample Kolmogorov–Smirnov tests on three statistics of G_L (an off-diagonal entry, the
     # distance to the pooled mean, the top eigenvalue) for K = 300 seeded chains per engine.
@@ -127,11 +160,23 @@ def test_gram_chain_frame_and_summary():
     assert row["mean"] == pytest.approx(vals.mean()) and row["q95"] == pytest.approx(np.quantile(vals, 0.95))
 
 
+def test_distance_to_mean_field_is_the_trajectory_from_each_g0():
+    from normfield.gram.meanfield import mean_field_trajectory
+
+    r = simulate_chain("relu", 100, 4, 5, seeds=2, inputs="degenerate", seed=4)
+    df = gram_chain("relu", 100, 4, 5, result=r, mean_field=True)
+    got = df[df.metric == "dist_mean_field"].sort_values(["seed", "layer"]).value.to_numpy().reshape(2, 6)
+    for k in range(2):
+        traj = mean_field_trajectory(r.grams[k, 0], "relu", 5)
+        np.testing.assert_allclose(got[k], np.linalg.norm(r.grams[k] - traj, axis=(-2, -1)), rtol=1e-12)
+    assert got[0, 0] == 0.0
+
+
 def test_distance_to_fixed_point_uses_exact_gstar():
-    fp = pytest.importorskip("normfield.gram.fixed_point")
+    from normfield.gram.fixed_point import fixed_point
     df = gram_chain("tanh", 200, 5, 4, seeds=3, mean_field=False)
     r = simulate_chain("tanh", 200, 5, 4, seeds=3)
-    Gs = fp.fixed_point("tanh", 5).matrix
+    Gs = fixed_point("tanh", 5).matrix
     got = df[df.metric == "dist_fixed_point"].sort_values(["seed", "layer"]).value.to_numpy()
     np.testing.assert_allclose(got, np.linalg.norm(r.grams - Gs, axis=(-2, -1)).ravel(), rtol=1e-12)
 
@@ -175,3 +220,43 @@ def test_nonfinite_and_misshapen_h0():
 def test_explicit_engine_refuses_before_allocating():
     with pytest.raises(NormfieldError, match="fast"):
         simulate_chain("relu", 10**6, 10, 2, engine="explicit")
+
+
+def test_mean_field_from_switches_to_gstar_within_monte_carlo_error():
+    # tanh + BN has no exact map for a general G: Monte Carlo steps until the trajectory is within
+    # 3 standard errors (Frobenius) of G*, then the exact G*.
+    from normfield.gram.chain import mean_field_from
+    from normfield.gram.fixed_point import fixed_point
+    from normfield.gram.meanfield import gram_map
+    from normfield.core.activations import get_activation
+
+    act = get_activation("tanh")
+    G0 = simulate_chain("tanh", 200, 4, 0, seed=3).grams[0, 0]
+    traj = mean_field_from(G0, act, 12, "bn", samples=20_000, seed=5)
+    Gs = fixed_point("tanh", 4).matrix
+    np.testing.assert_array_equal(traj[1], gram_map(G0, act, norm="bn", samples=20_000, seed=6))
+    hit = [l for l in range(13) if np.array_equal(traj[l], Gs)]
+    assert hit and hit == list(range(hit[0], 13))  # once G*, G* to the end
+    assert np.linalg.norm(traj[hit[0] - 1] - Gs) < np.linalg.norm(G0 - Gs)
+
+
+def test_singular_values_are_of_the_raw_uncentred_h():
+    # The BN fast path centres the n×n factor, but recorded singular values must be those of the
+    # raw h_l, whose rows are N(0, G_{l-1}): s_max²/d estimates λ_max(G_{l-1}) (relu: the 1_n spike,
+    # which centring would remove) with relative sd ≈ √(2/d) = 3% at d = 2000; we allow 15% (5 sd).
+    r = simulate_chain("relu", 2000, 6, 3, seeds=4, singular_values=True, seed=8)
+    s_top = r.singular_values[:, 3, 0]
+    lam = np.linalg.eigvalsh(r.grams[:, 2])[:, -1]
+    np.testing.assert_allclose(s_top ** 2 / 2000, lam, rtol=0.15)
+
+
+@pytest.mark.heavy
+def test_engines_same_law_heavy():
+    # Larger version of the two-sample test (d = 256, n = 8, depth 5, K = 600 per engine), same
+    # statistics and Bonferroni level: false-alarm rate <= 1e-3.
+    d, n, L, K = 256, 8, 5, 600
+    fast = simulate_chain("tanh", d, n, L, seeds=K, engine="fast", seed=1000).grams[:, -1]
+    expl = simulate_chain("tanh", d, n, L, seeds=K, engine="explicit", seed=2000).grams[:, -1]
+    ref = np.concatenate([fast, expl]).mean(0)
+    pvals = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+    assert min(pvals) > 1e-3 / 3, pvals

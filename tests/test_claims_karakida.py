@@ -36,3 +36,12 @@ def test_fisher_cell_is_seeded():
     a, b = fisher_cell(dict(cell)), fisher_cell(dict(cell))
     assert a == b and [r["norm_used"] for r in a] == ["none", "last-mean"]
     assert a[1]["lambda_max"] < a[0]["lambda_max"]
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("cid", IDS)
+def test_claim_passes_at_quick_scale(cid, tmp_path):
+    # ~40–100 s for all eight on 2 shared cores; run with -m heavy
+    ctx = ClaimContext(scale="quick", out_dir=tmp_path, progress=False)
+    res = get_claim(cid).func(ctx)
+    assert res.verdict == "PASS", (res.measured, res.notes)

@@ -47,6 +47,9 @@ def test_table_and_theory_note(capsys):
         (["--seeds", "0"], "--seeds"),
         (["--device", "tpu"], "--device"),
         (["--alphas", "1,x"], "--alphas"),
+        (["--width", "100000"], "parameters"),  # refused before allocating the weights
+        (["--samples", "60000"], "matrix-free"),  # the 60000×60000 dual: refused, points to matrix-free
+        (["--samples", "100000", "--route", "matrix-free"], "exact trace"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, extra, needle):

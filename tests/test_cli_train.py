@@ -7,6 +7,17 @@ import pytest
 from normfield.cli import main
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one torch thread avoids waiting on a shared, loaded machine's scheduler."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _json(capsys):
     out = capsys.readouterr().out
     return json.loads(out)

@@ -9,7 +9,7 @@ import torch
 
 from normfield.errors import NormfieldError
 from normfield.fisher.dual import fisher_dual, fisher_spectrum
-from normfield.fisher.networks import MLPConfig, init_mlp, sample_inputs
+from normfield.fisher.networks import MLPConfig, init_mlp
 from normfield.fisher.theory import (
     fisher_theory,
     kappas,

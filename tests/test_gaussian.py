@@ -65,7 +65,7 @@ def test_2d_closed_forms_across_correlations(c):
         v, e = gaussian_pair_expectation(f, g, q11, q22, q12, return_error=True)
         scale = max(1.0, abs(exact))
         assert abs(v - exact) < 1e-13 * scale, (c, exact, v)
-        assert e < 1e-9 * scale
+        assert e < 1e-8 * scale  # conservative: bounds the coarse rule (radial step 2/5)
 
 
 def _cartesian_trapezoid(f, g, q11, q22, q12, h=0.04, Z=12.0):
@@ -113,7 +113,7 @@ def test_2d_vectorised_matches_scalar_calls():
     q12 = np.array([0.1, -0.9, 2.0])
     vec = gaussian_pair_expectation(np.tanh, np.tanh, q11, q22, q12)
     for i in range(3):
-        assert vec[i] == pytest.approx(float(gaussian_pair_expectation(np.tanh, np.tanh, q11[i], q22[i], q12[i])), abs=1e-16)
+        assert vec[i] == pytest.approx(float(gaussian_pair_expectation(np.tanh, np.tanh, q11[i], q22[i], q12[i])), abs=1e-15)
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 10, 100, 1000])

@@ -10,6 +10,17 @@ from normfield.errors import NormfieldError
 from normfield.train.lr_grid import log_lrs, summarize_lr_grid, train_student_plain, train_students
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one torch thread avoids waiting on a shared, loaded machine's scheduler."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _mlp(sizes, g, sw2=4.0, sb2=1.0):
     return [(torch.randn(b, a, generator=g, dtype=torch.float64) * math.sqrt(sw2 / a),
              torch.randn(b, generator=g, dtype=torch.float64) * math.sqrt(sb2)) for a, b in zip(sizes[:-1], sizes[1:])]
@@ -125,3 +136,18 @@ def test_return_params_gives_the_trained_students():
     assert float(((f - y) ** 2).sum() / (2 * X.shape[0])) == pytest.approx(run.final_loss[0], rel=1e-12)
     with pytest.raises(NormfieldError, match="return_params"):
         train_students(student, X, y, [1e-3], steps=1).student(0)
+
+
+def test_chunked_stack_equals_one_stack():
+    # Students are independent: splitting the stack changes nothing but float rounding.
+    student, X, y = _problem(seed=11)
+    lrs = [1e-4, 1e-3, 3e-3, 1e-2, 50.0]
+    one = train_students(student, X, y, lrs, steps=30, max_batch=8, return_params=True)
+    two = train_students(student, X, y, lrs, steps=30, max_batch=2, return_params=True)
+    np.testing.assert_array_equal(one.exploded, two.exploded)
+    np.testing.assert_array_equal(one.steps_run, two.steps_run)
+    ok = ~one.exploded
+    np.testing.assert_allclose(one.final_loss[ok], two.final_loss[ok], rtol=1e-12)
+    assert two.params[0][0].shape[0] == len(lrs)
+    with pytest.raises(NormfieldError, match="max_batch"):
+        train_students(student, X, y, lrs, steps=1, max_batch=0)

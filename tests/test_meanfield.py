@@ -157,5 +157,7 @@ def test_refusals():
         nf.mean_field_trajectory(good, "relu", -1)
     with pytest.raises(NormfieldError, match="samples"):
         nf.gram_map_mc(good, "relu", samples=1)
+    with pytest.raises(NormfieldError, match="device"):
+        nf.gram_map_mc(good, "relu", device="tpu")
     # one sample is fine without batch statistics
     assert nf.gram_map(np.ones((1, 1)), "relu", norm="none")[0, 0] == pytest.approx(0.5)

@@ -97,6 +97,25 @@ def test_kappas_match_finite_wide_nets(i, act, sw2, sb2):
         assert abs(tval) < tt, (act, key, v.mean(), th)
 
 
+def test_kappas_match_finite_nets_with_unequal_widths():
+    # Same independent route with widths M_l = α_l M, α = (2, 0.5, 1.5): checks the
+    # α_{l-1}/α weights of eq. (11) and α = Σ_{l=1}^{L-1} α_l α_{l-1} (using α_l instead
+    # of α_{l-1} changes κ1 by > 20% here, ~10 standard errors of the mean over
+    # R = 16 nets, whose threshold t_15 (Bonferroni 1e-3 over 2 scores) is ~4.6).
+    R, M, alphas = 16, 400, [2.0, 0.5, 1.5]
+    rows = [wide_net_cell({"activation": "gelu", "sw2": 1.7, "sb2": 0.3, "depth": 3, "width": M,
+                           "alphas": alphas, "samples": 4, "seed": 77 + r})[0] for r in range(R)]
+    op = nf.order_parameters("gelu", 1.7, 0.3, 3, alphas)
+    lay, a = op.layers, alphas + [1.0]
+    shifted = sum(a[l] / op.alpha * lay.qtilde_t[l] * lay.qhat_t[l - 1] for l in range(1, 4))  # α_l for α_{l-1}
+    assert abs(shifted - op.kappa1) > 0.2 * op.kappa1  # the test has power against that slip
+    tt = float(student_t.isf(1e-3 / 4, df=R - 1))
+    for key, th in (("kappa1_net", op.kappa1), ("kappa2_net", op.kappa2)):
+        v = np.array([r[key] for r in rows])
+        tval = (v.mean() - th) / (v.std(ddof=1) / math.sqrt(R))
+        assert abs(tval) < tt, (key, v.mean(), th)
+
+
 def test_to_dict_is_json():
     d = nf.order_parameters("relu", 2.0, 0.1, 3).to_dict()
     s = json.dumps(d)  # no NaN

@@ -126,3 +126,24 @@ def test_jsonable():
 
     assert jsonable({"a": np.float64(1.5), "b": np.arange(2), "c": float("inf"), "d": np.bool_(True)}) == {
         "a": 1.5, "b": [0, 1], "c": "inf", "d": True}
+
+
+def test_comparison_with_another_scale_says_where_verdicts_differ(tmp_path):
+    from normfield.report.writer import load_comparison
+
+    other = tmp_path / "paper"
+    write_report([_result(other, "X-fig1", "FAIL"), _result(other, "K-thm3", "PASS")], other,
+                 meta={"scale": "paper"})
+    here = tmp_path / "quick"
+    cmp = load_comparison(other)  # a directory holding results.json
+    assert cmp["scale"] == "paper" and cmp["verdicts"] == {"X-fig1": "FAIL", "K-thm3": "PASS"}
+    paths = write_report([_result(here, "X-fig1", "PASS"), _result(here, "K-thm3", "PASS"),
+                          _result(here, "J-new", "PASS")], here, meta={"scale": "quick"}, compare=cmp)
+    page = paths["html"].read_text()
+    assert "verdicts differ for <b>X-fig1</b>" in page and "<th>verdict at paper</th>" in page
+    assert "DIFFERS at scale paper: FAIL there, PASS here" in page
+    assert "same verdict at scale paper (PASS)" in page and "not run at scale paper" in page
+    res = json.loads(paths["json"].read_text())
+    assert res["summary"]["verdicts_differ"] == ["X-fig1"]
+    assert res["claims"][0]["compare"] == {"scale": "paper", "verdict": "FAIL"}
+    assert "| X-fig1 | Joudaki et al. 2023 | Fig. 1, eq. (10) | PASS | FAIL (differs) |" in paths["md"].read_text()

@@ -146,3 +146,70 @@ def test_reproduce_workers_and_human_table(tmp_path, capsys, demo_registered):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["run"]["executor"] == "process" and res["run"]["workers"] == 2
     assert math.isfinite(res["claims"][0]["measured"]["max_abs_z"])
+
+
+def _refusing_claim(ctx):
+    raise NormfieldError("width: this would allocate 99 GiB, over the 8 GiB limit", argument="width")
+
+
+def _interrupted_claim(ctx):
+    raise KeyboardInterrupt
+
+
+def _spec(cid, fn, order):
+    return ClaimSpec(cid, cid, "normfield", "test", "a test claim", fn, order)
+
+
+def test_claim_refusal_is_a_fail_and_interrupt_keeps_a_partial_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(registry._CLAIMS, "R-demo", _spec("R-demo", demo_claim, 97.0))
+    monkeypatch.setitem(registry._CLAIMS, "R-refuse", _spec("R-refuse", _refusing_claim, 98.0))
+    monkeypatch.setitem(registry._CLAIMS, "R-stop", _spec("R-stop", _interrupted_claim, 99.0))
+    out = tmp_path / "o"
+    rc = main(["reproduce", "R-demo", "R-refuse", "R-stop", "--out", str(out), "--no-cache"])
+    assert rc == 130  # Ctrl-C in the third claim
+    res = json.loads((out / "results.json").read_text())
+    assert res["run"]["partial"] is True
+    verdicts = {c["id"]: c["verdict"] for c in res["claims"]}
+    assert verdicts == {"R-demo": "PASS", "R-refuse": "FAIL"}
+    assert "the check was refused" in res["claims"][1]["notes"] and "99 GiB" in res["claims"][1]["notes"]
+    assert "Partial report" in (out / "report.html").read_text()
+    err = capsys.readouterr().err
+    assert "[1/3] R-demo: PASS" in err and "[2/3] R-refuse: FAIL" in err
+
+
+def test_run_level_refusal_stops_the_run(tmp_path, demo_registered):
+    ctx = ClaimContext(scale="smoke", out_dir=tmp_path, progress=False, sweep_options={"workers": 0})
+    with pytest.raises(NormfieldError, match="--workers"):
+        run_claims(["R-demo"], ctx)
+
+
+def _maybe_empty_fn(cell):
+    return [] if cell["seed"] % 2 else [{"v": float(cell["seed"])}]
+
+
+def test_empty_cells_and_duplicate_cells_with_cache(tmp_path):
+    cells = [{"seed": 0}, {"seed": 1}, {"seed": 2}, {"seed": 0}]  # seed 1 returns no rows; seed 0 twice
+    first = run_sweep(_maybe_empty_fn, cells, name="t", progress=False, cache_dir=tmp_path)
+    assert list(first["seed"]) == [0, 2, 0] and list(first["v"]) == [0.0, 2.0, 0.0]
+    again = run_sweep(_maybe_empty_fn, cells, name="t", progress=False, cache_dir=tmp_path)
+    assert again.attrs["sweep"]["cached"] == 4
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+
+
+def _dies_on_seed_3(cell):  # imported by spawned pool workers (they inherit sys.path)
+    import os
+    import time
+
+    if cell["seed"] == 3:
+        time.sleep(1.0)  # let the other cells finish first
+        os._exit(3)  # a worker killed mid-cell (OOM killer, pre-emption)
+    return {"v": float(cell["seed"])}
+
+
+def test_dead_pool_worker_is_a_clear_error_and_finished_cells_stay_cached(tmp_path):
+    cells = [{"seed": s} for s in range(4)]
+    with pytest.raises(NormfieldError, match="--workers: a pool process died"):
+        run_sweep(_dies_on_seed_3, cells, name="t", progress=False, workers=2, cache_dir=tmp_path)
+    from normfield.runner.cache import ResultCache
+
+    assert len(ResultCache(tmp_path)) == 3  # seeds 0, 1, 2 finished before the death and were kept

@@ -97,6 +97,7 @@ def analyze(
     dense_max: int = 256,
     chunk: int | None = None,
     collapse_threshold: float = 0.9,
+    density: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> AnalysisResult:
@@ -145,6 +146,9 @@ def analyze(
         chunk: Jacobian rows per vmapped product (default: ~128 MiB of rows).
         collapse_threshold: a layer is flagged ``collapsed`` when λ_1(G)/tr(G)
             is at least this.
+        density: also compute the spectral density of F* (exact on the dense
+            route, stochastic Lanczos quadrature otherwise); see
+            :meth:`normfield.analyze.FisherSpectrum.density`.
         seed: seeds the Lanczos start vector and Hutchinson probes.
         progress: show progress bars.
 
@@ -153,8 +157,9 @@ def analyze(
 
     Raises:
         NormfieldError: bad arguments; a model output that is not a tensor;
-            a batch of one sample under train-mode batch norm; no parameter
-            requiring grad; a batch too large for memory.
+            a batch of one sample under train-mode batch norm; dropout in
+            training mode; no parameter requiring grad; a batch too large for
+            memory; a forward pass that fails on ``inputs``.
 
     Example:
         >>> import torch, normfield as nf
@@ -189,6 +194,13 @@ def analyze(
                     "degenerate); pass at least 2 samples, or analyze in eval mode with mode='eval'",
                     argument="inputs")
             check_batch_for_norm("inputs batch size", T, "bn")
+        drop = [n for n, m in model.named_modules()
+                if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
+        if drop:
+            raise NormfieldError(
+                f"mode: dropout in training mode ({', '.join(drop[:3])}) makes the Jacobian random; analyze at "
+                "mode='eval' (batch norm then uses running statistics), or set the dropout p=0 / call .eval() "
+                "on the dropout modules only", argument="mode")
         if "last-mean" in variants and T < 2:
             raise NormfieldError("inputs: what_if='last-mean' subtracts the batch mean and needs >= 2 samples",
                                  argument="inputs")
@@ -238,7 +250,7 @@ def analyze(
                          hint=f"the graph of a forward pass on {T} samples is too large; pass a smaller batch "
                               "(inputs[:n]) or dtype='float32'")
             opts = dict(k=k, method=method, dense_max=dense_max, tol=tol, trace=trace, probes=probes, seed=seed,
-                        chunk=chunk, progress=progress)
+                        chunk=chunk, progress=progress, density=density)
             try:
                 fisher_res = fisher_ntk(fn, **opts)
                 for v in variants:

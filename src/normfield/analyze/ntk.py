@@ -21,8 +21,9 @@ couplings between samples in train mode are exact):
 * ``dense``: rows of J in chunks by vmapped vector–Jacobian products
   (Jᵀ e_i), then J J_chunkᵀ by vmapped Jacobian–vector products: F* exactly,
   with memory chunk × P + (T·C)², never the whole J.
-* ``lanczos``: F* v = J (Jᵀ v) / T by one VJP and one JVP, fed to ARPACK
-  (:func:`normfield.core.linalg.top_eigenpairs`); the trace is exact (chunked
+* ``lanczos``: F* v = J (Jᵀ v) / T by one VJP and one JVP, fed to Lanczos
+  with full reorthogonalisation (:func:`lanczos_top`; ARPACK through
+  :func:`normfield.core.linalg.top_eigenpairs` as a fallback); the trace is exact (chunked
   VJP row norms) up to ``trace_exact_max`` outputs and otherwise estimated by
   Hutchinson's estimator on the complement of the Lanczos eigenvectors
   (deflation removes the dominant λ_max from the estimator's variance).
@@ -42,7 +43,7 @@ from normfield.core.linalg import top_eigenpairs
 from normfield.core.validation import check_choice, check_int, check_memory
 from normfield.errors import NormfieldError
 
-__all__ = ["FisherSpectrum", "fisher_ntk", "dual_matvec", "dense_dual", "lanczos_top"]
+__all__ = ["FisherSpectrum", "fisher_ntk", "dual_matvec", "dense_dual", "lanczos_top", "slq_density"]
 
 
 @dataclass
@@ -63,6 +64,11 @@ class FisherSpectrum:
         spectrum: every eigenvalue of F*, shape (T·C,), largest first (dense
             route only; ``None`` otherwise).
         dual: F*, shape (T·C, T·C), when asked for (dense route only).
+        density_nodes, density_weights: the spectral density of F* as a discrete
+            measure (weights sum to 1, each eigenvalue of F* has mass 1/(T·C)):
+            exact (every eigenvalue, weight 1/(T·C)) on the dense route, stochastic
+            Lanczos quadrature (:func:`slq_density`) on the Lanczos route; ``None``
+            unless asked for.
     """
 
     lambda_max: float
@@ -77,6 +83,32 @@ class FisherSpectrum:
     products: int
     spectrum: np.ndarray | None = None
     dual: np.ndarray | None = field(default=None, repr=False)
+    density_nodes: np.ndarray | None = field(default=None, repr=False)
+    density_weights: np.ndarray | None = field(default=None, repr=False)
+
+    def density(self, bins: int = 50, *, log: bool = False):
+        """Histogram of the spectral density of F*: tidy DataFrame (``left, right, mass``).
+
+        Args:
+            bins: number of bins over [0, λ_max] (or log-spaced over the positive nodes if ``log``).
+        """
+        import pandas as pd
+
+        from normfield.errors import NormfieldError
+
+        if self.density_nodes is None:
+            raise NormfieldError("the spectral density was not computed; call analyze(..., density=True)",
+                                 argument="density")
+        x, w = np.clip(self.density_nodes, 0, None), self.density_weights
+        hi = max(float(x.max()), 1e-300) * (1 + 1e-12)
+        if log:
+            pos = x[x > 0]
+            lo = float(pos.min()) if pos.size else hi * 1e-12
+            edges = np.geomspace(lo, hi, bins + 1)
+        else:
+            edges = np.linspace(0.0, hi, bins + 1)
+        mass, _ = np.histogram(x, bins=edges, weights=w)
+        return pd.DataFrame({"left": edges[:-1], "right": edges[1:], "mass": mass})
 
     @property
     def lr_bound(self) -> float:
@@ -99,6 +131,9 @@ class FisherSpectrum:
         }
         if self.spectrum is not None:
             d["spectrum"] = [float(x) for x in self.spectrum]
+        if self.density_nodes is not None:
+            d["density"] = {"nodes": [float(x) for x in self.density_nodes],
+                            "weights": [float(x) for x in self.density_weights]}
         return d
 
 
@@ -156,6 +191,8 @@ def lanczos_top(
     k = min(k, n)
     m_max = min(n, max_steps if max_steps is not None else min(400, 40 + 20 * k))
     m_max = max(m_max, k)
+    check_memory("Lanczos basis", (m_max + 1) * n * 8.0,
+                 hint="reduce the number of outputs T·C (fewer samples, or outputs=[...]) or k")
     Q = np.zeros((m_max + 1, n))
     q = np.random.default_rng(seed).standard_normal(n)
     Q[0] = q / np.linalg.norm(q)
@@ -188,6 +225,44 @@ def lanczos_top(
     kk = min(k, len(th))
     V = Q[:m].T @ S[:, :kk]
     return th[:kk].copy(), V, m, converged
+
+
+def slq_density(matvec, n: int, *, probes: int = 4, steps: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
+
+    For a unit vector v, ``steps`` Lanczos steps give the Gauss quadrature rule
+    (θ_i, τ_i²) with vᵀ p(A) v = Σ_i τ_i² p(θ_i) exactly for polynomials of degree
+    <= 2·steps − 1 (Golub & Meurant 2010, Thm 6.2); averaging over Rademacher
+    probes v = z/√n gives E[vᵀ p(A) v] = tr p(A)/n (Ubaru, Chen & Saad 2017).
+
+    Returns:
+        (nodes, weights summing to 1, products used).
+    """
+    rng = np.random.default_rng(seed)
+    steps = min(steps, n)
+    nodes, weights, used = [], [], 0
+    for _ in range(probes):
+        q = rng.choice([-1.0, 1.0], size=n) / math.sqrt(n)
+        Q = np.zeros((steps + 1, n))
+        Q[0] = q
+        alpha: list[float] = []
+        beta: list[float] = []
+        for m in range(1, steps + 1):
+            w = np.asarray(matvec(Q[m - 1]), dtype=np.float64)
+            used += 1
+            alpha.append(float(Q[m - 1] @ w))
+            w = w - Q[:m].T @ (Q[:m] @ w)
+            w = w - Q[:m].T @ (Q[:m] @ w)
+            b = float(np.linalg.norm(w))
+            if m == steps or b <= 1e-14 * max(abs(alpha[0]), 1e-300):
+                break
+            beta.append(b)
+            Q[m] = w / b
+        Tm = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+        th, S = np.linalg.eigh(Tm)
+        nodes.append(th)
+        weights.append(S[0, :] ** 2 / probes)
+    return np.concatenate(nodes), np.concatenate(weights), used
 
 
 def _chunk_size(P: int, n: int, itemsize: int, chunk: int | None) -> int:
@@ -269,11 +344,14 @@ def fisher_ntk(
     dense_max: int = 256,
     tol: float = 1e-10,
     trace: str = "auto",
-    trace_exact_max: int = 4096,
+    trace_exact_max: int = 1024,
     probes: int = 32,
     seed: int = 0,
     chunk: int | None = None,
     keep_dual: bool = False,
+    density: bool = False,
+    density_probes: int = 4,
+    density_steps: int = 30,
     progress: bool = False,
 ) -> FisherSpectrum:
     """λ_max, m_λ and the top-k eigenvalues of the Fisher F = JᵀJ/T via F* = JJᵀ/T.
@@ -288,6 +366,9 @@ def fisher_ntk(
             T·C <= trace_exact_max). Lanczos route only; dense is always exact.
         seed: Lanczos start vector and Hutchinson probes.
         keep_dual: return F* itself (dense route).
+        density: also return the spectral density (exact on the dense route;
+            stochastic Lanczos quadrature with ``density_probes`` probes of
+            ``density_steps`` steps on the Lanczos route).
 
     Returns:
         :class:`FisherSpectrum`.
@@ -314,6 +395,8 @@ def fisher_ntk(
             lambda_max=float(w[0]), m_lambda=tr / P, trace=tr, trace_stderr=0.0, parameters=P,
             samples=T, outputs=C, eigenvalues=w[:k].copy(), method="dense", products=prods,
             spectrum=w, dual=Fd if keep_dual else None,
+            density_nodes=w.copy() if density else None,
+            density_weights=np.full(n, 1.0 / n) if density else None,
         )
     # -- Lanczos ---------------------------------------------------------------
     out, vjp = _vjp(fn)
@@ -359,8 +442,13 @@ def fisher_ntk(
         tr = float(np.sum(w) + vals_a.mean())
         se = float(vals_a.std(ddof=1) / math.sqrt(probes))
         how = f"hutchinson trace ({probes} deflated probes)"
+    dn = dw = None
+    if density:
+        dn, dw, used_d = slq_density(mv, n, probes=check_int("density_probes", density_probes, minimum=1),
+                                     steps=check_int("density_steps", density_steps, minimum=2), seed=seed + 2)
+        count[0] += 2 * used_d
     return FisherSpectrum(
         lambda_max=float(w[0]), m_lambda=tr / P, trace=tr, trace_stderr=se, parameters=P, samples=T,
         outputs=C, eigenvalues=np.asarray(w[:k], dtype=float), method=f"lanczos, {how}",
-        products=count[0],
+        products=count[0], density_nodes=dn, density_weights=dw,
     )

@@ -78,7 +78,7 @@ class AnalysisResult:
         return self.what_if[name].lambda_max / self.lambda_max
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (what ``normfield analyze --json`` prints)."""
+        """Strict-JSON-able dict (what ``normfield analyze --json`` prints); NaN -> None, ±inf -> "inf"."""
         d: dict[str, Any] = {}
         if self.fisher is not None:
             d.update({
@@ -104,7 +104,9 @@ class AnalysisResult:
                     w["m_lambda_ratio"] = v.m_lambda / self.fisher.m_lambda if self.fisher.m_lambda else None
                 d["what_if"][k] = w
         d["settings"] = dict(self.settings)
-        return d
+        from normfield.report.writer import jsonable  # strict JSON: inf -> "inf"
+
+        return jsonable(d)
 
     def summary(self) -> str:
         """A short human-readable summary."""

@@ -14,19 +14,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize
 
 from normfield.claims.registry import ClaimContext, ClaimResult, claim
 from normfield.gram.chain import gram_chain, simulate_chain, summarize_chain
 from normfield.gram.fit import fit_theorem1, loglog_slope
 from normfield.gram.spectra import (
-    count_outliers,
     ks_distance,
     mp_cdf,
     mp_quantile,
     mp_singular_cdf,
     outlier_mask,
-    spectral_distance,
 )
 
 PAPER = "Joudaki et al. 2023"
@@ -118,7 +116,7 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
 
     n, d = 5, ctx.pick(smoke=200, quick=1000, paper=1000)
     L = ctx.pick(smoke=8, quick=60, paper=200)
-    K = ctx.pick(smoke=3, quick=30, paper=10)
+    K = ctx.pick(smoke=3, quick=30, paper=30)
     cases = [("none", "identity"), ("bn", "identity"), ("bn", "relu")]
     grid = [{"norm": nm, "activation": a} for nm, a in cases]
     base = {"width": d, "batch": n, "depth": L, "runs": K, "inputs": "degenerate", "mean_field": True}
@@ -135,13 +133,18 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
         plot_depth_bands(summ, metric="dist_mean_field", ax=ax, label=label)
         dm = _per_run(sub, "dist_mean_field").pivot(index="run", columns="layer", values="value")
         key = f"{nm}+{a}"
-        # growth exponent per run: slope of log dist against log l on [L/4, L] (after the BN transient);
-        # runs are independent, so the mean exponent has a t confidence interval
+        # growth exponent of the geometric mean of the distance over runs: slope of mean log dist against
+        # log l on [L/4, L]
+        # (after the BN transient). Runs are independent: CI by resampling runs (percentile bootstrap).
+        # (A per-run exponent is a poor statistic without BN: each run's distance is a |random walk|
+        # that may shrink over a window, so per-run slopes scatter widely.)
         ls = np.arange(lo_l, L + 1)
-        slopes = [np.polyfit(np.log(ls), np.log(dm.loc[r, ls].to_numpy()), 1)[0] for r in dm.index]
-        m, se = float(np.mean(slopes)), float(np.std(slopes, ddof=1) / math.sqrt(len(slopes)))
-        tq = stats.t.ppf(0.5 + LEVEL / 2, len(slopes) - 1)
-        ci = (m - tq * se, m + tq * se)
+        logD = np.log(dm.loc[:, ls].to_numpy())  # (runs, layers); geometric mean: robust to the heavy
+        lx = np.log(ls)                           # tail of the multiplicative walk without BN
+        m = float(np.polyfit(lx, logD.mean(0), 1)[0])
+        rng = np.random.default_rng(ctx.seed + 1)
+        boots = [np.polyfit(lx, logD[rng.integers(0, len(logD), len(logD))].mean(0), 1)[0] for _ in range(2000)]
+        ci = tuple(float(v) for v in np.percentile(boots, [50 * (1 - LEVEL), 100 - 50 * (1 - LEVEL)]))
         ok = ci[0] > 0 if nm == "none" else (-0.15 < ci[0] and ci[1] < 0.15)
         measured[key] = {"growth_exponent": m, "growth_exponent_ci99": ci,
                          "dist_at_L": float(dm[L].mean()), "dist_at_L_over_4": float(dm[lo_l].mean())}
@@ -155,15 +158,18 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
     verdict = "PASS" if all(verdicts) else "FAIL"
     return ClaimResult(
         verdict=verdict, measured=measured,
-        expected={"none+identity": "growth exponent of the distance in l over [L/4, L] > 0 (99% CI above 0; a "
-                                   "random walk of the log-eigenvalues gives ≈ 0.5)",
-                  "bn+identity, bn+relu": "plateau: growth exponent over [L/4, L] with its 99% CI inside (−0.15, 0.15)"},
+        expected={"none+identity": "growth exponent of the geometric-mean distance in l over [L/4, L] > 0 (99% "
+                                   "bootstrap CI above 0; a random walk of the log-eigenvalues gives ≈ 0.5)",
+                  "bn+identity, bn+relu": "plateau: the same exponent with its 99% CI inside (−0.15, 0.15)"},
         settings={"n": n, "d": d, "depth": L, "runs": K, "inputs": "degenerate (one dominant direction ⟂ 1_n)"},
         figures=[path], data={"J-fig1": df},
         notes="Distances are to the mean-field trajectory 𝒢_ℓ of eq. (3) started from each run's own G_0 "
               "(without BN the mean-field prediction is 𝒢_ℓ = G_0 for a linear network, there is no G*). "
               "With BN and identity activation G* is singular (G*1 = 0); the fast engine uses the symmetric "
-              "square root there. Quick scale: depth 60 and 30 runs (for a tight CI); paper scale: depth 200, 10 runs.",
+              "square root there. Quick scale: depth 60; paper scale: depth 200; both with 30 runs, not the figure's 10: "
+              "without BN each run's distance is a multiplicative random walk (log-eigenvalues of G_l diffuse by "
+              "O(√(l/d))), so a growth exponent from 10 runs is not decisive — measured at paper scale with 10 runs: "
+              "0.33 (99% CI −0.68 to 1.36); with 30 runs: 0.45 (0.02 to 0.87).",
     )
 
 
@@ -233,9 +239,9 @@ def claim_fig3(ctx: ClaimContext) -> ClaimResult:
     from normfield.gram.plots import new_axes, plot_loglog, save_figure
 
     n, L = 10, ctx.pick(smoke=5, quick=20, paper=20)
-    widths = ctx.pick(smoke=[50, 100, 200], quick=[50, 100, 200, 500, 1000, 10_000],
+    widths = ctx.pick(smoke=[50, 100, 200], quick=[50, 100, 200, 500, 1000, 10_000, 100_000],
                       paper=[50, 100, 200, 500, 1000, 10_000, 100_000])
-    runs = {w: ctx.pick(smoke=4, quick=30, paper=100 if w <= 10_000 else 30) for w in widths}
+    runs = {w: ctx.pick(smoke=4, quick=30 if w <= 10_000 else 10, paper=100 if w <= 10_000 else 30) for w in widths}
     acts = ctx.pick(smoke=["relu"], quick=["relu"], paper=["relu", "tanh"])
     base = {"batch": n, "depth": L, "norm": "bn", "record": [L], "inputs": "gaussian"}
     grid = [{"activation": a, "width": w, "runs": runs[w]} for a in acts for w in widths]
@@ -263,9 +269,12 @@ def claim_fig3(ctx: ClaimContext) -> ClaimResult:
         settings={"n": n, "layer": L, "widths": widths, "runs": {str(k): v for k, v in runs.items()},
                   "activations": acts, "engine": "fast"},
         figures=[path], data={"J-fig3": df},
-        notes="Widths beyond the paper's 1000 (10^4 at quick scale, 10^5 at paper scale) use the fast engine. "
+        notes="Widths beyond the paper's 1000 (10^4 and 10^5) use the fast engine (exact in law). "
               "The CI is the weighted least-squares CI of log(mean distance), widened by the Birge ratio "
-              "√(χ²/dof) when the points scatter beyond their noise.",
+              "√(χ²/dof) when the points scatter beyond their noise. Checked independently with 200/200/60 runs "
+              "(d = 50, 1000, 10^4; seed 123): √d·‖G_20 − G*‖_F = 6.41 ± 0.09, 6.38 ± 0.08, 6.40 ± 0.13 (relu, "
+              "n = 10) — flat, i.e. slope −0.50. At the 95% level the quick-scale CI with seed 0 narrowly "
+              "excluded −0.5 (a 2σ low fluctuation of the d = 10^4 point); see LEVEL for why verdicts use 99%.",
     )
 
 
@@ -287,39 +296,57 @@ def claim_fig4(ctx: ClaimContext) -> ClaimResult:
     base = {"width": d, "depth": L, "norm": "bn", "record": [L], "runs": K, "inputs": "gaussian"}
     grid = [{"activation": a, "batch": b} for a in acts for b in batches]
     df = ctx.sweep(chain_cell, _cells(ctx, base, grid, 400), name="J-fig4")
+    # the mixing rate α(n) of eq. (5), measured as in J-fig2 (Theorem 1 shape fit from a near-degenerate batch)
+    Ka = ctx.pick(smoke=4, quick=30, paper=100)
+    base_a = {"width": d, "depth": 20 if ctx.scale != "smoke" else 8, "norm": "bn", "runs": Ka,
+              "inputs": "degenerate"}
+    dfa = ctx.sweep(chain_cell, _cells(ctx, base_a, grid, 450), name="J-fig4-alpha")
     fig, axes = new_axes(len(acts), 1)
     measured, oks = {}, []
     for j, a in enumerate(acts):
         samples = [_per_run(df[(df.activation == a) & (df.batch == b)], "dist_fixed_point", L).value.to_numpy()
                    for b in batches]
         f = loglog_slope(batches, samples, level=LEVEL)
+        alphas, alpha_cis = [], []
+        for b in batches:
+            sub = dfa[(dfa.activation == a) & (dfa.batch == b) & (dfa.layer >= 1)]
+            Y = _per_run(sub, "dist_fixed_point").pivot(index="run", columns="layer", values="value")
+            fa = fit_theorem1(Y.columns.to_numpy(), Y.to_numpy(), batch=b, width=d, method="delta", level=LEVEL)
+            alphas.append(fa.alpha)
+            alpha_cis.append(fa.alpha_ci)
+        alphas = np.array(alphas)
+        nb = np.array(batches, dtype=float)
         kap = np.array([_fp(a, b).condition_number for b in batches])
-        bound = kap * np.array(batches) / math.sqrt(d)
-        pb = float(np.polyfit(np.log(batches), np.log(bound), 1)[0])
+        bound_kn = kap * nb / math.sqrt(d)
+        bound = bound_kn / np.sqrt(alphas) * np.sqrt(np.log(d / nb))  # Theorem 1, eq. (5), second term
+        pkn = float(np.polyfit(np.log(nb), np.log(bound_kn), 1)[0])
+        pb = float(np.polyfit(np.log(nb), np.log(bound), 1)[0])
         means = np.array([s.mean() for s in samples])
         ratio = means / bound
         ok = f.slope_ci[0] > 0 and f.slope_ci[1] <= pb and np.all(ratio <= ratio[0] * 1.05)
         oks.append(bool(ok))
         measured[a] = {"growth_exponent": f.slope, "growth_exponent_ci99": f.slope_ci,
-                       "bound_exponent_kappa_n": pb, "bare_n_exponent": 1.0,
+                       "bound_exponent_theorem1": pb, "bound_exponent_kappa_n": pkn, "bare_n_exponent": 1.0,
+                       "alpha": {str(b): float(v) for b, v in zip(batches, alphas)},
+                       "alpha_ci99": {str(b): tuple(map(float, c)) for b, c in zip(batches, alpha_cis)},
                        "kappa_G*": {str(b): float(k) for b, k in zip(batches, kap)},
-                       "dist_over_kappa_n_sqrt_d": {str(b): float(r) for b, r in zip(batches, ratio)},
+                       "dist_over_theorem1_form": {str(b): float(r) for b, r in zip(batches, ratio)},
                        "dist_over_n_sqrt_d": {str(b): float(m * math.sqrt(d) / b) for b, m in zip(batches, means)}}
         ax = axes[0, j]
         plot_loglog(batches, means, lo=[np.quantile(s, 0.05) for s in samples],
                     hi=[np.quantile(s, 0.95) for s in samples], slope=f.slope, intercept=f.intercept,
                     ref_slope=1.0, ax=ax, xlabel="batch n", ylabel=f"‖G_{L} − G*‖_F")
-        ax.plot(batches, bound * ratio[0], "r:", label="κ(G*)·n/√d (scaled at n=10)")
-        ax.legend(fontsize=7)
+        ax.plot(batches, bound * ratio[0], "r:", label="κ(G*) n α^{-1/2} ln^{1/2}(d/n)/√d (scaled at n=10)")
+        ax.legend(fontsize=6)
         ax.set_title(f"{a}, d={d}, ℓ={L}", fontsize=9)
     path = save_figure(fig, ctx.figure_path("J-fig4"))
     return ClaimResult(
         verdict="PASS" if all(oks) else "FAIL", measured=measured,
-        expected="growth exponent in n: 99% CI above 0 and at most the exponent of κ(G*(n))·n (the Theorem 1 "
-                 "form, κ(G*) computed exactly for each n); distance/(κ(G*) n/√d) non-increasing in n "
-                 "(within 5%), i.e. a bound fitted at n = 10 holds for every n",
-        settings={"d": d, "layer": L, "batches": batches, "runs": K, "activations": acts},
-        figures=[path], data={"J-fig4": df},
+        expected="growth exponent in n: 99% CI above 0 and at most the exponent of Theorem 1's second term "
+                 "κ(G*) n α^{-1/2} ln^{1/2}(d/n)/√d (eq. 5; κ(G*) exact, α(n) measured per n as in J-fig2); "
+                 "distance / that form non-increasing in n (within 5%): a bound fitted at n = 10 holds for all n",
+        settings={"d": d, "layer": L, "batches": batches, "runs": K, "alpha_runs": Ka, "activations": acts},
+        figures=[path], data={"J-fig4": df, "J-fig4-alpha": dfa},
         notes=_fig4_notes(measured),
     )
 
@@ -327,19 +354,20 @@ def claim_fig4(ctx: ClaimContext) -> ClaimResult:
 def _fig4_notes(measured: dict) -> str:
     parts = []
     for a, m in measured.items():
-        p, (lo, hi), pb = m["growth_exponent"], m["growth_exponent_ci99"], m["bound_exponent_kappa_n"]
-        parts.append(f"{a}: distance ∝ n^{p:.2f} (99% CI {lo:.2f}–{hi:.2f}); κ(G*)·n ∝ n^{pb:.2f}; "
-                     f"κ(G*) goes {m['kappa_G*'][min(m['kappa_G*'], key=int)]:.3g} → "
-                     f"{m['kappa_G*'][max(m['kappa_G*'], key=int)]:.3g}.")
+        p, (lo, hi) = m["growth_exponent"], m["growth_exponent_ci99"]
+        ks, al = m["kappa_G*"], m["alpha"]
+        n0, n1 = min(ks, key=int), max(ks, key=int)
+        parts.append(f"{a}: distance ∝ n^{p:.2f} (99% CI {lo:.2f}–{hi:.2f}); Theorem 1 form ∝ "
+                     f"n^{m['bound_exponent_theorem1']:.2f} (κ(G*)·n alone: n^{m['bound_exponent_kappa_n']:.2f}); "
+                     f"κ(G*) {ks[n0]:.3g} → {ks[n1]:.3g}, α {al[n0]:.2f} → {al[n1]:.2f} from n = {n0} to {n1}.")
     return (
-        " ".join(parts) + " Finding: the measured growth is close to (slightly above) the bare n/√d of eq. (9). "
-        "For relu κ(G*) grows ∝ n (λ₁ = b*(1+(n−1)c*) along 1_n with c* > 0), so κ(G*)·n/√d grows like n² "
-        "and bounds the data with room to spare (loosening with n). For tanh c* < 0 and κ(G*) *decreases* "
-        "slowly with n, so κ(G*)·n/√d grows slower than the data: with an n-independent constant the "
-        "Theorem 1 form does not follow the batch-size dependence, which must then come from the "
-        "α^{-1/2} ln^{1/2}(d/n) factor through an n-dependent mixing rate α (eq. 5; not measured here) — "
-        "the theorem is an O(·) bound and cannot be falsified on a finite range, but its stated form "
-        "κ(G*)·n/√d alone does not explain Fig. 4 for tanh."
+        " ".join(parts) + " Finding: the data grow a little faster than the bare n/√d of eq. (9). For relu "
+        "κ(G*) grows ∝ n (λ₁ = b*(1+(n−1)c*) along 1_n, c* > 0), so the Theorem 1 form grows like ≈ n² and "
+        "bounds the data with room to spare (loosening with n). For tanh c* < 0 and κ(G*) decreases slowly "
+        "with n, the measured α barely changes and ln(d/n) decreases, so the Theorem 1 form grows slower than "
+        "the data: a bound of that form with an n-independent constant, fitted at n = 10, is crossed at larger "
+        "n. Theorem 1 is an O(·) statement and cannot be falsified on a finite range, but its stated "
+        "n-dependence does not describe Fig. 4 for tanh."
     )
 
 
@@ -355,7 +383,7 @@ def claim_prop4(ctx: ClaimContext) -> ClaimResult:
     from normfield.gram.plots import new_axes, plot_loglog, save_figure
 
     n, L = 10, ctx.pick(smoke=5, quick=20, paper=50)
-    widths = ctx.pick(smoke=[100, 400], quick=[250, 1000, 4000], paper=[250, 1000, 4000, 16000])
+    widths = ctx.pick(smoke=[100, 400], quick=[250, 500, 1000, 2000, 4000], paper=[250, 500, 1000, 2000, 4000, 16000])
     K = ctx.pick(smoke=4, quick=20, paper=100)
     acts = ["relu", "tanh"]
     base = {"batch": n, "depth": L, "norm": "bn", "record": [L], "runs": K, "spectrum": True, "inputs": "gaussian"}
@@ -374,7 +402,7 @@ def claim_prop4(ctx: ClaimContext) -> ClaimResult:
             ev = np.stack([_per_run(sub, f"eig_{i + 1}", L).sort_values("run").value.to_numpy() for i in range(n)],
                           axis=1)  # (K, n) largest first
             dfp = _per_run(sub, "dist_fixed_point", L).sort_values("run").value.to_numpy()
-            sd = np.sqrt(((ev - gs_sorted) ** 2).sum(axis=1))  # spectral distance (both sorted)
+            sd = np.sqrt(((ev - gs_sorted) ** 2).sum(axis=1))  # spectral_distance(G_l, G*): both sorted
             hw_ok &= bool(np.all(sd <= dfp * (1 + 1e-10)))
             bulk = np.delete(ev, skip, axis=1)
             dev = np.abs(bulk - lam_bulk).max(axis=1)
@@ -410,14 +438,25 @@ def claim_prop4(ctx: ClaimContext) -> ClaimResult:
 # J-fig5
 
 
-def _bulk_normalised(sv: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled bulk singular values (each run's bulk divided by its own median) and outlier counts."""
+def _bulk_normalised(sv: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Pooled bulk singular values (each run's bulk divided by its own median) and outlier counts.
+
+    Outliers are first taken outside the MP(γ) edges (±25%); the bulk law is then fitted (γ_fit,
+    minimum KS) and the outliers re-taken outside the MP(γ_fit) edges, so that a bulk wider than
+    MP(γ) is not mistaken for spikes. Returns (bulk values, upper counts, lower counts, γ_fit).
+    """
+    def pool(mask):
+        vals = []
+        for k in range(sv.shape[0]):
+            b = sv[k][~mask[k]]
+            vals.append(b / np.median(b))
+        return np.concatenate(vals)
+
     mask = outlier_mask(sv, gamma)
-    vals = []
-    for k in range(sv.shape[0]):
-        b = sv[k][~mask[k]]
-        vals.append(b / np.median(b))
-    return np.concatenate(vals), mask.sum(axis=1)
+    g_fit = _fit_gamma(pool(mask), gamma)
+    mask = outlier_mask(sv, g_fit)
+    above = sv > np.median(sv, axis=-1, keepdims=True)
+    return pool(mask), (mask & above).sum(axis=1), (mask & ~above).sum(axis=1), g_fit
 
 
 def _fit_gamma(t: np.ndarray, gamma: float) -> float:
@@ -440,33 +479,37 @@ def claim_fig5(ctx: ClaimContext) -> ClaimResult:
     layers = ctx.pick(smoke=[4], quick=[20], paper=[10, 20])
     K = ctx.pick(smoke=5, quick=30, paper=200)
     acts = ["relu", "tanh", "sin", "selu", "sigmoid", "gelu"]
-    base = {"batch": n, "depth": max(layers), "layers": layers, "runs": K}
+    # layer 1 is recorded too, for the investigation only (not part of the verdict)
+    base = {"batch": n, "depth": max(layers), "layers": sorted({1, *layers}), "runs": K}
     grid = [{"activation": a, "width": w} for a in acts for w in widths]
     df = ctx.sweep(singular_cell, _cells(ctx, base, grid, 600), name="J-fig5")
     rng = np.random.default_rng(ctx.seed + 5)
     fig, axes = new_axes(len(widths), len(acts), size=(3.4, 2.4))
-    rows, oks = [], []
+    rows, oks, layer1 = [], [], {}
     for w in widths:
         g = n / w
         # baseline: the same statistic for Gaussian (Wishart) matrices of the same size and count
         X = rng.standard_normal((K, w, n))
-        t_ref, _ = _bulk_normalised(np.sqrt(np.linalg.eigvalsh(X.transpose(0, 2, 1) @ X)), g)
+        t_ref = _bulk_normalised(np.sqrt(np.linalg.eigvalsh(X.transpose(0, 2, 1) @ X)), g)[0]
         ks_ref = ks_distance(t_ref, lambda x: mp_singular_cdf(x, g))
         for i, a in enumerate(acts):
+            s1 = df[(df.activation == a) & (df.width == w) & (df.layer == 1) & (df.metric == "sv")]
+            g1 = _bulk_normalised(s1.pivot(index="run", columns="index", values="value").to_numpy(), g)[3]
+            layer1[f"{a}, d={w}"] = g1 / g
             for layer in layers:
                 sub = df[(df.activation == a) & (df.width == w) & (df.layer == layer)]
                 sv = sub[sub.metric == "sv"].pivot(index="run", columns="index", values="value").to_numpy()
-                t, nout = _bulk_normalised(sv, g)
+                t, up, lo, g_fit = _bulk_normalised(sv, g)
                 ks = ks_distance(t, lambda x: mp_singular_cdf(x, g))
                 m_med = mp_quantile(0.5, g)
                 ks_eig = ks_distance(t, lambda x: mp_cdf(x * m_med, g))
-                g_fit = _fit_gamma(t, g)
-                # two KS statistics of ~m pooled values each fluctuate by ~1/√m; allow 3·√2/√m beyond the baseline
-                tol = 3 * math.sqrt(2) / math.sqrt(t.size)
+                # Under the law, √m·KS of m i.i.d. values has sd ≈ 0.26 (Kolmogorov distribution); the
+                # chain's and the Wishart baseline's statistics are compared, so the difference has sd
+                # ≈ 0.26·√2/√m; we allow 3 of those (the dependence between the n singular values of one
+                # matrix is shared by both and calibrated by the baseline).
+                tol = 3 * 0.26 * math.sqrt(2) / math.sqrt(t.size)
                 ok = ks <= ks_ref + tol
                 oks.append(ok)
-                up = count_outliers(sv, g, side="upper")
-                lo = count_outliers(sv, g, side="lower")
                 at = sub[sub.metric == "align_top_1n"].value.to_numpy()
                 ab = sub[sub.metric == "align_bottom_1n"].value.to_numpy()
                 rows.append({"activation": a, "width": w, "layer": layer, "ks_bulk": ks, "ks_wishart_baseline": ks_ref,
@@ -485,6 +528,12 @@ def claim_fig5(ctx: ClaimContext) -> ClaimResult:
     relu_one = bool((relu.upper_outliers_mode == 1).all() and (relu.align_top_eigvec_1n > 0.9).all())
     verdict = "PASS" if all(oks) and relu_one else "FAIL"
     worst = table.sort_values("ks_bulk").iloc[-1]
+    big = table[table.width == max(widths)]
+    up_1n = [f"{r.activation} (c*={_fp(r.activation, n).c_star:+.3f})" for r in big.itertuples()
+             if r.upper_outliers_mode == 1 and r.align_top_eigvec_1n > 0.9]
+    lo_1n = [f"{r.activation} (c*={_fp(r.activation, n).c_star:+.3f})" for r in big.itertuples()
+             if r.lower_outliers_mode == 1 and r.align_bottom_eigvec_1n > 0.9]
+    up_1n, lo_1n = list(dict.fromkeys(up_1n)), list(dict.fromkeys(lo_1n))
     notes = (
         "Investigated: the bulk of the median-normalised singular values of h_l is MP-shaped but wider than MP "
         f"with γ = n/d: the KS distance to the γ = n/d singular-value law is {table.ks_bulk.min():.3f}–"
@@ -494,20 +543,23 @@ def claim_fig5(ctx: ClaimContext) -> ClaimResult:
         "Cause: h_l = W_{l−1} X_{l−1} has rows N(0, G_{l−1}), and G_{l−1} is itself a random matrix whose bulk "
         "fluctuates at O(√(n/d)) (Prop. 4): the spectrum of h_l is the free multiplicative convolution of "
         "MP(γ) with that of G_{l−1}, accumulated over the mixing time of the chain, so its width exceeds "
-        "MP(γ)'s (already ≈ 1.6–1.7× at layer 1 from Gaussian inputs). The MP *eigenvalue* density rescaled to "
+        f"MP(γ)'s (already γ_fit/γ = {min(layer1.values()):.1f}–{max(layer1.values()):.1f} at layer 1, from i.i.d. "
+        "Gaussian inputs, where G_0 is one Wishart-like draw). The MP *eigenvalue* density rescaled to "
         "median 1 (red dashed in the figure; the wrong variable for singular values) happens to be about "
         f"twice as wide and matches better (KS {table.ks_vs_eigenvalue_law.min():.3f}–"
         f"{table.ks_vs_eigenvalue_law.max():.3f}), which may be what the paper's Fig. 5 shows. "
-        "Outliers: relu has one upper outlier along 1_n (top eigenvector of G_l aligned with 1_n); activations "
-        "with c* < 0 (tanh, sin, selu) have one lower outlier along 1_n instead. "
+        f"Outliers at d = {max(widths)} (counted outside the edges of the fitted bulk law; mode over runs): one "
+        f"upper outlier with the top eigenvector of G_l along 1_n for {', '.join(up_1n) or 'none'}; one lower "
+        f"outlier with the bottom eigenvector along 1_n for {', '.join(lo_1n) or 'none'} (the sign of c* in eq. 10 "
+        "decides: c* > 0 puts the 1_n eigenvalue b*(1+(n−1)c*) above the bulk, c* < 0 below it). "
         f"Worst case: {worst.activation}, d={worst.width}, ℓ={worst.layer}."
     )
     return ClaimResult(
         verdict=verdict,
-        measured={"cases": rows, "relu_one_outlier_along_1n": relu_one},
+        measured={"cases": rows, "relu_one_outlier_along_1n": relu_one, "gamma_fit_over_gamma_at_layer_1": layer1},
         expected="bulk KS distance to the MP singular-value law (γ = n/d) no larger than for Wishart matrices of "
-                 "the same size plus 3√2/√m (m pooled values); relu: exactly one outlier, along 1_n",
+                 "the same size plus 3·0.26·√2/√m (m pooled bulk values); relu: exactly one outlier, along 1_n",
         settings={"n": n, "widths": widths, "layers": layers, "runs": K, "activations": acts,
-                  "outliers": "outside (1±0.25)× the median-normalised MP edges"},
+                  "outliers": "outside (1±0.25)× the median-normalised MP edges at the fitted γ"},
         figures=[path], data={"J-fig5": df, "J-fig5-summary": table}, notes=notes,
     )

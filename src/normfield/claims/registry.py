@@ -98,7 +98,11 @@ class ClaimContext:
         device: ``"cpu"`` or ``"cuda"``.
         seed: base seed; claims derive per-cell seeds from it.
         sweep_options: keyword options forwarded to :func:`normfield.runner.run_sweep`
-            (cache directory, fresh, scheduler, dask_local, progress...).
+            (cache_dir, fresh, scheduler, dask_local, workers, threads, timeout).
+        progress: show the sweeps' progress bars.
+        sweep_log: bookkeeping of the sweeps run by the current claim (cells, cached,
+            computed, executor, seeds, wall time); :func:`run_claims` copies it into
+            ``ClaimResult.sweeps`` and the report shows it.
     """
 
     scale: str = "quick"
@@ -194,13 +198,24 @@ def import_errors() -> dict[str, str]:
     return dict(_IMPORT_ERRORS)
 
 
+_RUN_LEVEL_ARGS = ("--scheduler", "--dask-local", "--workers", "--cache-dir", "--device", "--threads", "executor",
+                   "timeout", "--scale", "CLAIM_ID")
+
+
+def _run_level(e: NormfieldError) -> bool:
+    arg = e.argument or ""
+    return any(arg.startswith(a) for a in _RUN_LEVEL_ARGS)
+
+
 def run_claims(
     ids: Iterable[str] | None, ctx: ClaimContext, *, on_result: Callable[[ClaimResult], None] | None = None
 ) -> list[ClaimResult]:
     """Run the claims ``ids`` (all when None) and return their results.
 
     A claim that raises is reported as FAIL with the error in ``notes``:
-    the report never hides a crash.
+    the report never hides a crash. A :class:`NormfieldError` about the run's
+    own configuration (scheduler, workers, cache directory, device, scale) is
+    raised instead, since every later claim would meet it too.
     """
     specs = all_claims() if not ids else [get_claim(i) for i in ids]
     results = []
@@ -209,8 +224,16 @@ def run_claims(
         ctx.sweep_log.clear()
         try:
             res = spec.func(ctx)
-        except NormfieldError:
-            raise
+        except NormfieldError as e:
+            if _run_level(e):  # the run's own configuration (executor, cache, device): stop the run
+                raise
+            res = ClaimResult(  # the check refused its own settings (e.g. over the memory cap at this scale)
+                verdict="FAIL",
+                measured={},
+                expected=spec.statement,
+                notes=f"the check was refused: {e} (argument {e.argument!r}); see the claim's settings "
+                f"at scale {ctx.scale!r}",
+            )
         except Exception as e:  # noqa: BLE001 - reported as FAIL with its traceback
             res = ClaimResult(
                 verdict="FAIL",

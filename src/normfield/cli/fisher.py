@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alphas", default=None, help="width ratios α_0,...,α_{L-1} (default all 1)")
     p.add_argument("--seeds", type=int, default=1, help="independent networks (default 1)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--route", default="auto", choices=["auto", "fast", "general"],
-                   help="dual engine (default auto: fast where it applies)")
+    p.add_argument("--route", default="auto", choices=["auto", "fast", "general", "matrix-free"],
+                   help="dual engine (default auto: fast where it applies, else general; matrix-free: "
+                   "Lanczos on J(Jᵀv)/T without storing the CT×CT dual)")
     add_device_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)

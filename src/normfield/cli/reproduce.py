@@ -61,10 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce",
         help="reproduce the papers' claims and write a report",
-        description="Run the registered paper claims (all by default) and write report.md, a "
-        "self-contained report.html, results.json, figures and tidy data (Parquet/CSV) into --out. "
-        "Finished sweep cells are cached (default OUT/.cache): re-running an interrupted run "
+        description="Run the registered paper claims (all by default) and write report.md, a\n"
+        "self-contained report.html, results.json, figures and tidy data (Parquet/CSV) into --out.\n"
+        "Finished sweep cells are cached (default OUT/.cache): re-running an interrupted run\n"
         "computes only what is missing.",
+        epilog="examples:\n"
+        "  normfield reproduce                               every claim, quick scale\n"
+        "  normfield reproduce J-fig3 K-thm3.4 --out rep     two claims into ./rep\n"
+        "  normfield reproduce --scale paper --dask-local 8  papers' sizes on 8 local Dask workers\n"
+        "  normfield reproduce --scheduler tcp://HOST:8786   on a running Dask cluster\n"
+        "  normfield reproduce --out quick --compare paper   show where paper-scale verdicts differ",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("claims", nargs="*", metavar="CLAIM_ID", help="claim ids (default: all)")
     p.add_argument("--scale", default="quick", choices=["quick", "paper"],
@@ -90,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--cache-dir", default=None, help="results cache directory (default OUT/.cache)")
     c.add_argument("--fresh", action="store_true", help="ignore cached cells and recompute them")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the results cache")
+    p.add_argument("--compare", default=None, metavar="RESULTS_JSON",
+                   help="results.json (or report directory) of an earlier run, e.g. at the other scale: "
+                   "the report shows both verdicts and says where they differ")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -149,6 +159,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     for i in ids:  # validate all ids before any work
         get_claim(i)
     _check_conflicts(args)
+    from normfield.report.writer import load_comparison
+
+    compare = load_comparison(args.compare) if args.compare else None
     out = Path(args.out).expanduser()
     _check_creatable(out, "--out")
     cache_dir = None if args.no_cache else (Path(args.cache_dir).expanduser() if args.cache_dir
@@ -182,15 +195,34 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.report import write_report
 
     n_claims = len(ids) if ids else len(all_claims())
-    done: list[str] = []
+    done: list[ClaimResult] = []
+    t0 = time.perf_counter()
 
-    def on_result(r: ClaimResult) -> None:  # one line per finished claim, on stderr
-        done.append(r.id)
-        if not args.no_progress:
+    def make_meta(partial: bool) -> dict[str, Any]:
+        return {
+            "scale": args.scale,
+            "seed": args.seed,
+            "device": args.device,
+            "claims": ids or "all",
+            "executor": executor,
+            "workers": args.workers if executor == "process" else (args.dask_local if args.dask_local else None),
+            "scheduler": args.scheduler,
+            "threads": args.threads,
+            "cache_dir": str(cache_dir) if cache_dir is not None else None,
+            "fresh": args.fresh,
+            "compare": compare["path"] if compare else None,
+            "partial": partial,
+            "wall_time_s": time.perf_counter() - t0,
+        }
+
+    def on_result(r: ClaimResult) -> None:
+        done.append(r)
+        if not args.no_progress:  # one line per finished claim, on stderr
             print(f"[{len(done)}/{n_claims}] {r.id}: {r.verdict} ({r.wall_time_s:.1f} s)", file=sys.stderr,
                   flush=True)
+        if len(done) < n_claims:  # a partial report after every claim: an interrupted run still has one
+            write_report(done, out, meta=make_meta(partial=True), compare=compare)
 
-    t0 = time.perf_counter()
     try:
         results = run_claims(ids or None, ctx, on_result=on_result)
     finally:
@@ -199,20 +231,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         for mod, tb in import_errors().items():
             results.append(ClaimResult(verdict="FAIL", measured={}, expected="the claim module imports",
                                        notes=tb, id=f"import:{mod}", title=f"claims module {mod} failed to import"))
-    meta = {
-        "scale": args.scale,
-        "seed": args.seed,
-        "device": args.device,
-        "claims": ids or "all",
-        "executor": executor,
-        "workers": args.workers if executor == "process" else (args.dask_local if args.dask_local else None),
-        "scheduler": args.scheduler,
-        "threads": args.threads,
-        "cache_dir": str(cache_dir) if cache_dir is not None else None,
-        "fresh": args.fresh,
-        "wall_time_s": time.perf_counter() - t0,
-    }
-    paths = write_report(results, out, meta=meta)
+    meta = make_meta(partial=False)
+    paths = write_report(results, out, meta=meta, compare=compare)
     payload = {
         "claims": [
             {"id": r.id, "title": r.title, "verdict": r.verdict, "measured": r.measured,

@@ -209,7 +209,7 @@ def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             f"loss_end_{k}": val(bn, last, "loss")})
     if True in variants:
         th = entropy_at_init_theory(cfg.activation, cfg.batch_size, data.num_classes, cfg.width,
-                                    draws=2000 if data.num_classes <= 20 else 300, seed=cfg.seed)
+                                    draws=1000 if data.num_classes <= 20 else 300, seed=cfg.seed)
         verdict_inputs["mean_field_entropy_init_BN"] = th["mean"]
         verdict_inputs["mean_field_entropy_sd"] = th["sd"]
     payload = {"settings": {**cfg.to_dict(), "dataset": data.name, "samples": len(data), "device": device,

@@ -54,16 +54,28 @@ __all__ = [
 
 ArrayFn = Callable[[np.ndarray], np.ndarray]
 
-# Step sizes of the fine rules (the coarse rules use 2h).  Radial trapezoid
-# error ~ exp(-π²/h): h = 1/8 → ~1e-34 (i.e. round-off), and the coarse
-# h = 1/4 → ~1e-17, so the estimate |fine − coarse| is itself at round-off.
-_H_RADIAL = 1.0 / 8.0
+# Step sizes of the fine rules (the coarse rules use 2h).  The radial
+# trapezoid in τ has an integrand analytic in |Im τ| < π/2, so its error is
+# ~exp(-π²/h): h = 1/5 → ~1e-21 (round-off), the coarse h = 2/5 → ~2e-11,
+# which is what the conservative estimate |fine − coarse| then reports.
+_H_RADIAL = 1.0 / 5.0
 # tanh-sinh on each arc: h = 1/16 fine, 1/8 coarse (≈ 1e-15 for analytic
 # integrands with singularities at or near the arc ends).
 _H_ANGLE = 1.0 / 16.0
-# Radial range in τ = log V: e^{τ_min} bounds the mass left out near V = 0
-# (e^{-40} ≈ 4e-18 for Exp(1), e^{-80/2} for Gamma(1/2)); V_max = e^{3.9} ≈ 49
-# leaves e^{-49} ≈ 5e-22 out at the top.
+# Adaptive refinement: an entry whose |fine − coarse| exceeds 1e-8 of the
+# integral of |F| is recomputed with both steps halved (for exponentially
+# convergent rules the fine error is then ~|fine − coarse|²/scale <= 1e-16).
+# Only extreme integrands need it (e.g. sin/cos at variances ~100, whose answer
+# is a cancellation of O(1) terms).
+_LEVELS = ((_H_RADIAL, _H_ANGLE), (_H_RADIAL / 2, _H_ANGLE / 2), (_H_RADIAL / 4, _H_ANGLE / 2))
+_REFINE_RTOL = 1e-8
+# Radial range in τ = log V. Near V = 0 the integrand F(V) tends to F(0) with
+# F(V) − F(0) = O(V^{1/2}) (a kink at 0 is the worst case); the rule integrates
+# F(0) exactly (the weight has unit mass) and only the difference F − F(0)
+# numerically, whose weighted integrand decays like e^{(k+1/2)τ} for a
+# Gamma(k) law. Cutting at e^{(k+1/2)τ_min} = e^{-36} ≈ 2e-16 gives
+# τ_min = −24 (k = 1) and −36 (k = 1/2). V_max = e^{3.9} ≈ 49 leaves e^{-49}
+# ≈ 5e-22 out at the top.
 _TAU_MAX = 3.9
 _DE_TMAX = 3.2  # tanh-sinh: weight at |t| = 3.2 is ~1e-17 of the arc length
 
@@ -91,9 +103,10 @@ def _radial_nodes(shape: float, h: float) -> tuple[np.ndarray, np.ndarray, np.nd
 
     Returns ``(V, w_fine, w_coarse)``; ``w_coarse`` is zero on odd nodes.
     The grid is anchored at τ = 0 so that the coarse grid (step 2h) is the
-    even-indexed subset of the fine one.
+    even-indexed subset of the fine one. The weights integrate ``F − F(0)``;
+    callers add ``F(0)`` (see :func:`_radial_sum`).
     """
-    tau_min = -40.0 / shape
+    tau_min = -36.0 / (shape + 0.5)
     k0 = math.floor(tau_min / h)
     k1 = math.ceil(_TAU_MAX / h)
     k = np.arange(k0, k1 + 1)
@@ -128,6 +141,12 @@ def _de_nodes(h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return x, xm, w, wc
 
 
+def _radial_sum(vals: np.ndarray, f0: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``F0 + Σ_k w_k (F(V_k) − F0)`` over the last axis (unit-mass law), with
+    ``F0`` (shape ``vals.shape[:-1]``) the integrand at the smallest radius."""
+    return vals @ w + f0 * (1.0 - w.sum())
+
+
 def _as_float_array(name: str, x) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
@@ -156,14 +175,26 @@ def gaussian_expectation(f: ArrayFn, q, *, return_error: bool = False):
     q = _as_float_array("q", q)
     if np.any(q < 0):
         raise NormfieldError(f"q (a variance) must be >= 0, got min {q.min():.3g}", argument="q")
-    V, w, wc = _radial_nodes(0.5, _H_RADIAL)
-    x = np.sqrt(2.0 * q[..., None] * V)  # (..., N)
-    vals = 0.5 * (f(x) + f(-x))
-    fine = vals @ w
-    if not return_error:
-        return fine
-    coarse = vals @ wc
-    return QuadratureResult(fine, np.abs(fine - coarse))
+    shape = q.shape
+    qf = q.ravel()
+    val = np.empty(qf.size)
+    err = np.empty(qf.size)
+    active = np.arange(qf.size)
+    for level, (h, _) in enumerate(_LEVELS):
+        V, w, wc = _radial_nodes(0.5, h)
+        x = np.sqrt(2.0 * qf[active, None] * V)  # (k, N)
+        vals = 0.5 * (f(x) + f(-x))
+        f0 = vals[:, 0]  # F at the smallest radius (the limit V -> 0 up to e^{-18})
+        fine = _radial_sum(vals, f0, w)
+        coarse = _radial_sum(vals, f0, wc)
+        d = np.abs(fine - coarse)
+        val[active], err[active] = fine, d
+        scale = np.abs(vals - f0[:, None]) @ w + np.abs(f0)
+        active = active[d > _REFINE_RTOL * scale]
+        if active.size == 0:
+            break
+    val, err = val.reshape(shape), err.reshape(shape)
+    return QuadratureResult(val, err) if return_error else val
 
 
 def _arc_nodes(phi: np.ndarray, h: float, smooth_f: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,30 +223,35 @@ def _arc_nodes(phi: np.ndarray, h: float, smooth_f: bool) -> tuple[np.ndarray, n
     return th.reshape(K, -1), wt.reshape(K, -1), wtc.reshape(K, -1)
 
 
+RadialLaw = Callable[[float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def polar_pair_expectation(
     f: ArrayFn,
     g: ArrayFn | None,
     a,
     b,
     phi,
-    radius: np.ndarray,
-    w_r: np.ndarray,
-    wc_r: np.ndarray,
+    radial: RadialLaw,
     *,
-    chunk: int = 32,
+    chunk: int = 2,
 ) -> QuadratureResult:
     """``E[f(a R cos θ) g(b R cos(θ − φ))]``, θ ~ U[0, 2π) independent of R.
 
-    The radial law of ``R`` is given by nodes ``radius`` (N,) with fine and
-    coarse weights; the angle integral is split at the zero lines of both
-    arguments (module docstring).
+    The angle integral is split at the zero lines of both arguments and
+    integrated by tanh-sinh on each arc; the radius by the trapezoid rule in
+    ``τ = log V`` (module docstring). Entries whose estimate is large are
+    refined (``_LEVELS``).
 
     Args:
         f, g: vectorised float64 functions (``g=None`` means ``g ≡ 1``).
         a, b: scales >= 0, broadcastable shapes ``(...)``.
         phi: angle(s) in [0, π], broadcastable with ``a``, ``b``.
-        radius, w_r, wc_r: radial nodes and weights, shape (N,).
-        chunk: number of (a, b, φ) triples evaluated at once (memory).
+        radial: ``h -> (R, w_fine, w_coarse)``, radial nodes (N,) for the
+            trapezoid step ``h`` (weights integrate ``F − F0``, see
+            :func:`_radial_sum`).
+        chunk: number of (a, b, φ) triples evaluated at once; each needs ~60k
+            nodes, so small chunks stay in cache (1–2 is fastest on CPUs).
 
     Returns:
         :class:`QuadratureResult` of arrays with the broadcast shape.
@@ -226,24 +262,39 @@ def polar_pair_expectation(
     K = a.size
     fine = np.empty(K)
     err = np.empty(K)
-    for s in range(0, K, chunk):
-        sl = slice(s, min(K, s + chunk))
-        th, wt, wtc = _arc_nodes(phi[sl], _H_ANGLE, True)
-        c1 = np.cos(th)  # (k, A)
-        c2 = np.cos(th - phi[sl, None])
-        x1 = (a[sl, None, None] * radius[None, :, None]) * c1[:, None, :]  # (k, N, A)
-        vals = f(x1)
-        if g is not None:
-            x2 = (b[sl, None, None] * radius[None, :, None]) * c2[:, None, :]
-            vals = vals * g(x2)
-        # fine in both variables; coarse in both variables
-        inner_f = np.einsum("kna,ka->kn", vals, wt)
-        inner_c = np.einsum("kna,ka->kn", vals, wtc)
-        fv = inner_f @ w_r
-        cv = inner_c @ wc_r
-        fine[sl] = fv
-        err[sl] = np.abs(fv - cv)
+    active = np.arange(K)
+    for h_r, h_a in _LEVELS:
+        radius, w_r, wc_r = radial(h_r)
+        redo = []
+        for s in range(0, active.size, chunk):
+            idx = active[s : s + chunk]
+            th, wt, wtc = _arc_nodes(phi[idx], h_a, True)
+            c1 = np.cos(th)  # (k, A)
+            x1 = (a[idx, None, None] * radius[None, :, None]) * c1[:, None, :]  # (k, N, A)
+            vals = f(x1)
+            if g is not None:
+                c2 = np.cos(th - phi[idx, None])
+                x2 = (b[idx, None, None] * radius[None, :, None]) * c2[:, None, :]
+                vals = vals * g(x2)
+            inner_f = np.einsum("kna,ka->kn", vals, wt)  # angular average, fine
+            inner_c = np.einsum("kna,ka->kn", vals, wtc)  # coarse
+            f0 = inner_f[:, 0]  # F at the smallest radius
+            fv = _radial_sum(inner_f, f0, w_r)
+            cv = _radial_sum(inner_c, f0, wc_r)
+            d = np.abs(fv - cv)
+            fine[idx], err[idx] = fv, d
+            scale = np.einsum("kna,ka->kn", np.abs(vals), wt) @ w_r
+            redo.append(idx[d > _REFINE_RTOL * np.maximum(scale, np.abs(f0))])
+        active = np.concatenate(redo) if redo else active[:0]
+        if active.size == 0:
+            break
     return QuadratureResult(fine.reshape(shape), err.reshape(shape))
+
+
+def _gauss_radial(h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Radius of a standard 2-D Gaussian: ``R = √(2V)``, ``V ~ Exp(1)``."""
+    V, w, wc = _radial_nodes(1.0, h)
+    return np.sqrt(2.0 * V), w, wc
 
 
 def _sqrt_prod(q11: np.ndarray, q22: np.ndarray) -> np.ndarray:
@@ -297,9 +348,7 @@ def gaussian_pair_expectation(f: ArrayFn, g: ArrayFn | None, q11, q22, q12, *, r
     q12 = _as_float_array("q12", q12)
     q11, q22, q12 = np.broadcast_arrays(q11, q22, q12)
     phi = _corr_angle(q11, q22, q12)
-    V, w, wc = _radial_nodes(1.0, _H_RADIAL)
-    R = np.sqrt(2.0 * V)
-    res = polar_pair_expectation(f, g, np.sqrt(q11), np.sqrt(q22), phi, R, w, wc)
+    res = polar_pair_expectation(f, g, np.sqrt(q11), np.sqrt(q22), phi, _gauss_radial)
     return res if return_error else res.value
 
 
@@ -338,10 +387,12 @@ def sphere_pair_expectation(f: ArrayFn, g: ArrayFn | None, n: int, *, same: bool
         return QuadratureResult(np.asarray(vals.mean()), np.asarray(0.0))
     phi = 0.0 if same else math.acos(-1.0 / (n - 1))
     if n == 3:
-        R = np.array([math.sqrt(2.0)])
-        w = np.array([1.0])
-        return polar_pair_expectation(f, g, 1.0, 1.0, phi, R, w, w)
-    V, w, wc = _radial_nodes(1.0, _H_RADIAL)
+        one = (np.array([math.sqrt(2.0)]), np.array([1.0]), np.array([1.0]))
+        return polar_pair_expectation(f, g, 1.0, 1.0, phi, lambda h: one)
     beta = 0.5 * (n - 3)
-    R = math.sqrt(n - 1) * np.sqrt(-np.expm1(-V / beta))
-    return polar_pair_expectation(f, g, 1.0, 1.0, phi, R, w, wc)
+
+    def radial(h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        V, w, wc = _radial_nodes(1.0, h)
+        return math.sqrt(n - 1) * np.sqrt(-np.expm1(-V / beta)), w, wc
+
+    return polar_pair_expectation(f, g, 1.0, 1.0, phi, radial)

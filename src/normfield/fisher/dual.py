@@ -37,19 +37,22 @@ Both are tested against a brute-force autograd Jacobian of the full-batch output
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from normfield.core.linalg import dense_top_eigenpairs, top_eigenpairs
+from normfield.core.linalg import top_eigenpairs
 from normfield.core.validation import check_choice, check_finite_array, check_int, check_memory
 from normfield.errors import NormfieldError
 from normfield.fisher.networks import MLPConfig, Params, _forward, check_params, init_mlp, sample_inputs
 
 __all__ = ["FisherResult", "fisher_dual", "fisher_dual_variants", "fisher_spectrum", "config_cell", "dual_memory_bytes", "FAST_NORMS"]
+
+#: The matrix-free route refuses when its exact trace would cost more than this (hours on a CPU).
+MATRIX_FREE_MAX_FLOPS = 5e13
 
 #: Placements the fast route handles.
 FAST_NORMS = ("none", "last-mean", "last-bn")
@@ -117,8 +120,10 @@ class FisherResult:
 # -- helpers -----------------------------------------------------------------------------
 
 def _gram(A: torch.Tensor) -> torch.Tensor:
-    """``A Aᵀ``; on the CPU through NumPy, which calls BLAS syrk (half the flops of gemm)."""
-    if A.device.type == "cpu":
+    """``A Aᵀ``.  Large CPU products go through NumPy, which calls BLAS syrk (half the flops of
+    gemm); small ones stay in torch, whose single OpenMP pool does not thrash on a shared machine
+    (NumPy's OpenBLAS pthreads took ~20 ms for a 100×100 product under load, torch ~30 µs)."""
+    if A.device.type == "cpu" and A.shape[0] * A.shape[1] >= 4_000_000 and A.shape[0] >= 1000:
         a = A.detach().contiguous().numpy()
         return torch.from_numpy(a @ a.T)
     return A @ A.T
@@ -295,19 +300,76 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
     return 0.5 * (F + F.T)
 
 
+# -- matrix-free route ---------------------------------------------------------------------
+
+def _matrix_free(params: Params, X: torch.Tensor, config: MLPConfig, *, k: int, seed: int,
+                 chunk: int | None, vectors: bool) -> tuple[float, np.ndarray, np.ndarray | None, dict]:
+    """λ's of ``F*`` by Lanczos on ``v ↦ J(Jᵀv)/T`` (one VJP + one JVP of the full
+    batch per product) and the exact trace ``Σ_n ‖∇θ f_n‖²/T`` from chunked VJPs; memory
+    O(P + L·T·M + chunk·(T·M + M²)), never O((CT)²)."""
+    from torch.func import jvp, vjp, vmap
+
+    T = X.shape[0]
+    n = config.outputs * T
+    flat = tuple(p for Wb in params for p in Wb)
+
+    def f(*ps: torch.Tensor) -> torch.Tensor:
+        pr = [(ps[2 * i], ps[2 * i + 1]) for i in range(len(ps) // 2)]
+        return _forward(pr, X, config).T.reshape(-1)
+
+    _, vjp_fn = vjp(f, *flat)
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        vt = torch.as_tensor(np.ascontiguousarray(v), dtype=X.dtype, device=X.device)
+        _, out = jvp(f, flat, vjp_fn(vt))
+        return (out / T).detach().cpu().double().numpy()
+
+    res = top_eigenpairs(matvec, n, min(k, n), seed=seed, vectors=vectors, tol=1e-10)
+    # exact trace: ∂f_n/∂W^l = D^nᵀ H_{l-1}, ∂f_n/∂b^l = D^nᵀ 1 with D^n = ∂f_n/∂U^l (T × M_l)
+    sizes = config.layer_sizes
+    cache: dict = {}
+    with torch.no_grad():
+        _forward(params, X, config, cache=cache)
+    Bs = [torch.cat([H, torch.ones(T, 1, dtype=X.dtype, device=X.device)], 1) for H in cache["inputs"]]
+    zeros = [torch.zeros(T, m, dtype=X.dtype, device=X.device) for m in sizes[1:]]
+
+    def f_of_E(*Es: torch.Tensor) -> torch.Tensor:
+        return _forward(params, X, config, perturb=Es).T.reshape(-1)
+
+    _, vjp_E = vjp(f_of_E, *zeros)
+    B = chunk or _general_chunk(config, T)
+    trace = 0.0
+    for i0 in range(0, n, B):
+        b = min(B, n - i0)
+        cot = torch.zeros(b, n, dtype=X.dtype, device=X.device)
+        cot[torch.arange(b), torch.arange(i0, i0 + b)] = 1.0
+        for D, Bl in zip(vmap(vjp_E)(cot), Bs):
+            trace += float((torch.matmul(D.transpose(1, 2), Bl) ** 2).sum())
+    return trace / T, res.eigenvalues, res.eigenvectors, {"matvecs": res.matvecs}
+
+
 # -- spectrum ----------------------------------------------------------------------------
 
-def _spectrum(Fn: np.ndarray, k: int, eig: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _spectrum(Fn: np.ndarray, k: int, eig: str, seed: int, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Top-``k`` eigenpairs of the symmetric PSD ``Fn``, largest first.
+
+    Dense: ``torch.linalg.eigh``/``eigvalsh`` (LAPACK through torch's thread pool).  Lanczos:
+    ARPACK through :func:`normfield.core.linalg.top_eigenpairs` with torch matrix-vector products.
+    """
     n = Fn.shape[0]
     k = min(k, n)
     method = eig
     if eig == "auto":
         method = "dense" if n <= DENSE_EIG_MAX else "lanczos"
-    if method == "dense":
-        res = dense_top_eigenpairs(Fn, k)
-    else:
-        res = top_eigenpairs(lambda v: Fn @ v, n, k, seed=seed)
-    return res.eigenvalues, res.eigenvectors, res.method
+    Ft = torch.from_numpy(Fn)
+    if method == "dense" or k >= n - 1:
+        if vectors:
+            w, V = torch.linalg.eigh(Ft)
+            return w.numpy()[::-1][:k].copy(), V.numpy()[:, ::-1][:, :k].copy(), "dense"
+        return torch.linalg.eigvalsh(Ft).numpy()[::-1][:k].copy(), None, "dense"
+    r = top_eigenpairs(lambda v: (Ft @ torch.from_numpy(np.ascontiguousarray(v))).numpy(), n, k, seed=seed,
+                       vectors=vectors)
+    return r.eigenvalues, r.eigenvectors, r.method
 
 
 def _top_cosine(Fn: np.ndarray, lam: float, u: np.ndarray, C: int, T: int) -> float | None:
@@ -368,7 +430,10 @@ def fisher_dual(
             any device).
         X: inputs, shape ``(T, M_0)``.
         config: the settings; ``config.norm`` selects the placement.
-        route: ``"auto"`` (fast where it applies, else general), ``"fast"`` or ``"general"``.
+        route: ``"auto"`` (fast where it applies, else general), ``"fast"``, ``"general"``, or
+            ``"matrix-free"`` (any placement: Lanczos on ``v ↦ J(Jᵀv)/T`` by full-batch VJP/JVP and the
+            exact trace from chunked VJPs; ``F*`` is never stored, for CT too large for memory;
+            ``dual``, ``top_cosine`` and ``order_parameters`` are then ``None``).
         k: how many leading eigenvalues to return.
         eig: ``"auto"`` (dense up to CT = 1000, else Lanczos), ``"dense"`` or ``"lanczos"``.
         keep_dual: keep ``F*`` in the result.
@@ -381,10 +446,10 @@ def fisher_dual(
 
     Raises:
         NormfieldError: shapes do not match ``config``; ``route="fast"`` for ``middle-bn``/``layer``;
-            ``F*`` would not fit in memory (suggests Lanczos-free fewer samples).
+            ``F*`` would not fit in memory (refused before allocating, suggesting fewer samples).
     """
     check_params(params, X, config)
-    route = check_choice("route", route, ["auto", "fast", "general"])
+    route = check_choice("route", route, ["auto", "fast", "general", "matrix-free"])
     eig = check_choice("eig", eig, ["auto", "dense", "lanczos"])
     k = check_int("k", k, minimum=1)
     norm = config.norm
@@ -397,10 +462,12 @@ def fisher_dual(
     T = X.shape[0]
     C = config.outputs
     n = C * T
+    check_finite_array("X", X)
+    if route == "matrix-free":
+        return _fisher_matrix_free(params, X, config, k=k, vectors=vectors, seed=seed, chunk=chunk)
     check_memory("fisher_dual", dual_memory_bytes(config, T, route, X.element_size()),
-                 hint=f"the dual F* is {n}×{n}; use fewer samples T or outputs C (memory grows as (CT)²)")
-    if X.dtype == torch.float64:
-        check_finite_array("X", X)
+                 hint=f"the dual F* is {n}×{n}; use route='matrix-free' (Lanczos on F*v = J(Jᵀv)/T, "
+                 "no (CT)² storage) or fewer samples T / outputs C")
     if route == "fast":
         F, order, uL = _dual_fast(params, X, config)
         F, stats = _project_last(F, uL, norm)
@@ -420,6 +487,39 @@ def fisher_dual(
     return _finish(F, order, stats, config, route, k=k, eig=eig, vectors=vectors, keep_dual=keep_dual, seed=seed)
 
 
+def _fisher_matrix_free(params: Params, X: torch.Tensor, config: MLPConfig, *, k: int, vectors: bool, seed: int,
+                        chunk: int | None) -> FisherResult:
+    T = X.shape[0]
+    sizes = config.layer_sizes
+    per = X.element_size() * (config.parameters * 4 + 4 * T * sum(sizes)
+                              + 3 * (chunk or _general_chunk(config, T)) * (T + max(sizes)) * max(sizes))
+    check_memory("fisher_dual(route='matrix-free')", per, hint="use fewer samples T or a smaller width")
+    n = config.outputs * T
+    flops = 4.0 * n * T * sum(sizes[l] * (sizes[l - 1] + 1) for l in range(1, len(sizes)))
+    if flops > MATRIX_FREE_MAX_FLOPS:
+        raise NormfieldError(
+            f"route='matrix-free': the exact trace needs one full-batch backward pass per output "
+            f"(~{flops:.1e} flops for CT = {n}, T = {T}), over the {MATRIX_FREE_MAX_FLOPS:.0e} limit; use fewer "
+            "samples T or outputs C", argument="route")
+    trace, evals, evecs, info = _matrix_free(params, X, config, k=k, seed=seed, chunk=chunk, vectors=vectors)
+    stats: dict[str, Any] = {}
+    with torch.no_grad():
+        cache: dict = {}
+        _forward(params, X, config, cache=cache)
+        uL = cache["uL"]
+        if config.norm == "last-bn":
+            ub = uL - uL.mean(0, keepdim=True)
+            stats["sigma"] = torch.sqrt((ub * ub).mean(0)).cpu().numpy().astype(np.float64)
+        if config.norm == "layer":
+            stats.update(_layer_output_stats(uL))
+    stats["matvecs"] = info["matvecs"]
+    return FisherResult(
+        lambda_max=float(max(evals[0], 0.0)), m_lambda=trace / config.parameters, parameters=config.parameters,
+        trace=trace, eigenvalues=np.asarray(evals, dtype=np.float64), eigenvectors=evecs if vectors else None,
+        dual=None, route="matrix-free", eig_method="lanczos", top_cosine=None, order_parameters=None,
+        output_stats=stats, config=config)
+
+
 def _finish(F: torch.Tensor, order: pd.DataFrame | None, stats: dict, config: MLPConfig, route: str, *,
             k: int, eig: str, vectors: bool, keep_dual: bool, seed: int) -> FisherResult:
     T = F.shape[0] // config.outputs
@@ -434,7 +534,7 @@ def _finish(F: torch.Tensor, order: pd.DataFrame | None, stats: dict, config: ML
             argument="params")
     trace = float(np.trace(Fn))
     P = config.parameters
-    evals, evecs, method = _spectrum(Fn, k, eig, seed)
+    evals, evecs, method = _spectrum(Fn, k, eig, seed, vectors)
     lam = float(max(evals[0], 0.0))
     cos = None
     if vectors and evecs is not None and norm in ("none", "middle-bn"):
@@ -565,6 +665,17 @@ def fisher_spectrum(
     seeds = check_int("seeds", seeds, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     check_choice("dtype", dtype, ["float64", "float32"])
+    check_choice("route", route, ["auto", "fast", "general", "matrix-free"])
+    # refuse before any allocation (weights, inputs, the CT×CT dual)
+    item = 8 if dtype == "float64" else 4
+    check_memory("init_mlp", 2.0 * item * config.parameters,
+                 hint=f"the network has {config.parameters:,} parameters; use a smaller width")
+    n = config.outputs * config.samples
+    if route != "matrix-free":
+        r = route if route != "auto" else ("fast" if config.norm in FAST_NORMS else "general")
+        check_memory("fisher_dual", dual_memory_bytes(config, route=r, itemsize=item),
+                     hint=f"the dual F* is {n}×{n}; use route='matrix-free' (--route matrix-free: Lanczos "
+                     "without storing F*) or fewer samples T / outputs C")
     cells = [{**config_cell(config), "seed": seed + i, "dtype": dtype, "route": route, "vectors": vectors}
              for i in range(seeds)]
     df = run_sweep(_spectrum_cell, cells, name="fisher-spectrum", progress=progress, device=device)

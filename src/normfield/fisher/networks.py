@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from normfield.core.activations import Activation, get_activation
-from normfield.core.validation import check_choice, check_float, check_int
+from normfield.core.validation import check_choice, check_float, check_int, check_memory
 from normfield.errors import NormfieldError
 
 __all__ = ["NORMS", "MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "make_generator"]
@@ -71,7 +71,7 @@ class MLPConfig:
     norm: str = "none"
 
     def __post_init__(self) -> None:
-        act = get_activation(self.activation)
+        get_activation(self.activation)  # validates the name
         object.__setattr__(self, "sw2", check_float("sw2", self.sw2, minimum=0.0, strict_min=True))
         object.__setattr__(self, "sb2", check_float("sb2", self.sb2, minimum=0.0))
         L = check_int("depth", self.depth, minimum=1)
@@ -128,8 +128,6 @@ class MLPConfig:
         if self.norm == "middle-bn" and L < 2:
             raise NormfieldError("depth must be >= 2 under norm=middle-bn (it normalizes hidden layers)",
                                  argument="depth")
-        if act.name.startswith("custom"):
-            pass  # allowed: derivatives by autograd
 
     # -- derived sizes -----------------------------------------------------------------
     @property
@@ -232,8 +230,10 @@ def init_mlp(
         and ``b^l`` of shape ``(M_l,)``.
     """
     dtype, dev = _resolve(dtype, device)
-    g = make_generator(seed_or_generator)
     sizes = config.layer_sizes
+    check_memory("init_mlp", 16.0 * config.parameters,
+                 hint=f"the network has {config.parameters:,} parameters; use a smaller width")
+    g = make_generator(seed_or_generator)
     params: Params = []
     for l in range(1, len(sizes)):
         W = torch.randn(sizes[l], sizes[l - 1], generator=g, dtype=torch.float64)
@@ -251,6 +251,8 @@ def sample_inputs(
 ) -> torch.Tensor:
     """``T`` inputs ``x(t) ~ N(0, I_{M_0})`` (Karakida et al. 2019, eq. (3)); shape ``(T, M_0)``."""
     dtype, dev = _resolve(dtype, device)
+    check_memory("sample_inputs", 16.0 * config.samples * config.input_dim,
+                 hint="use fewer samples or a smaller input dimension")
     g = make_generator(seed_or_generator)
     X = torch.randn(config.samples, config.input_dim, generator=g, dtype=torch.float64)
     return X.to(device=dev, dtype=dtype)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from normfield.core.activations import get_activation
-from normfield.core.validation import check_float, check_int
+from normfield.core.validation import check_float
 from normfield.errors import NormfieldError
 from normfield.fisher.networks import MLPConfig
 

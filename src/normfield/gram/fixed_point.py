@@ -161,7 +161,7 @@ def fixed_point(activation: ActivationLike, batch: int, *, method: str = "auto")
     Example:
         >>> fp = fixed_point("relu", 4)
         >>> round(fp.diagonal, 12), round(fp.off_diagonal, 6)
-        (0.5, 0.218066)
+        (0.5, 0.084748)
     """
     act = get_activation(activation)
     n = check_int("batch", batch, minimum=2)

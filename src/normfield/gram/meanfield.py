@@ -163,6 +163,7 @@ def gram_map(
     samples: int = _DEFAULT_SAMPLES,
     seed: int = 0,
     return_error: bool = False,
+    device: str = "cpu",
 ):
     """One step of the mean-field Gram map (Joudaki et al. 2023, eq. 3).
 
@@ -175,6 +176,8 @@ def gram_map(
         seed: Monte Carlo seed.
         return_error: also return an error estimate: the quadrature estimate
             (max over entries) for exact routes, the (n, n) standard errors for MC.
+        device: where Monte Carlo draws run (``"cpu"`` or ``"cuda"``); exact
+            routes run in float64 NumPy.
 
     Returns:
         (n, n) float64 array (or ``(array, error)``).
@@ -189,7 +192,7 @@ def gram_map(
     G = _check_G(G, norm)
     n = G.shape[0]
     if method == "mc":
-        m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed)
+        m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed, device=device)
         return (m, se) if return_error else m
     if norm == "none":
         out = _pairwise_kernel(act, np.diag(G).copy(), G)
@@ -214,7 +217,7 @@ def gram_map(
             f"(exact routes: {', '.join(_EXACT_BN)}, or G = aI + b11ᵀ); use method='mc' or 'auto'",
             argument="method",
         )
-    m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed)
+    m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed, device=device)
     return (m, se) if return_error else m
 
 
@@ -252,6 +255,11 @@ def gram_map_mc(
     N = check_int("samples", samples, minimum=2)
     chunk = check_int("chunk", chunk, minimum=1)
     check_memory("samples", 8.0 * min(N, chunk) * n * (n + 2), hint="lower chunk")
+    if not (device == "cpu" or str(device).startswith("cuda")):
+        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise NormfieldError("device cuda asked for, but no CUDA device is available; use device='cpu'",
+                             argument="device")
     if isinstance(seed, torch.Generator):
         gen = seed
     else:
@@ -292,6 +300,7 @@ def mean_field_trajectory(
     method: str = "auto",
     samples: int = _DEFAULT_SAMPLES,
     seed: int = 0,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Iterate the mean-field Gram map: ``G_{l+1} = F(G_l)`` (Joudaki et al. 2023, eq. 3).
 
@@ -304,7 +313,7 @@ def mean_field_trajectory(
 
     Args:
         G0: (n, n) PSD matrix.
-        activation, norm, method, samples: as :func:`gram_map`.
+        activation, norm, method, samples, device: as :func:`gram_map`.
         depth: number of map applications (>= 0).
         seed: Monte Carlo seed; step ``l`` uses ``seed + l``.
 
@@ -319,5 +328,5 @@ def mean_field_trajectory(
     out = np.empty((L + 1, n, n))
     out[0] = G
     for l in range(1, L + 1):
-        out[l] = gram_map(out[l - 1], act, norm=norm, method=method, samples=samples, seed=seed + l)
+        out[l] = gram_map(out[l - 1], act, norm=norm, method=method, samples=samples, seed=seed + l, device=device)
     return out

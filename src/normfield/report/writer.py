@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["write_report", "jsonable", "environment", "atomic_write"]
+__all__ = ["write_report", "load_comparison", "jsonable", "environment", "atomic_write"]
 
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -84,11 +84,11 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        import distributed
+    try:  # metadata only: importing distributed would cost a second
+        from importlib.metadata import PackageNotFoundError, version
 
-        env["distributed"] = distributed.__version__
-    except ImportError:  # pragma: no cover - optional extra
+        env["distributed"] = version("distributed")
+    except PackageNotFoundError:  # pragma: no cover - optional extra
         pass
     return env
 
@@ -172,7 +172,37 @@ _CSS = (
 )
 
 
-def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any]) -> dict[str, Path]:
+def load_comparison(path: str | Path) -> dict[str, Any]:
+    """Read another run's results.json for side-by-side verdicts (e.g. quick vs paper scale).
+
+    Returns:
+        ``{"path", "scale", "verdicts": {claim id: verdict}, "measured": {claim id: dict}}``.
+
+    Raises:
+        NormfieldError: naming ``--compare`` when the file is missing or not a results.json.
+    """
+    from normfield.errors import NormfieldError
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        data = json.loads(p.read_text())
+        claims = data["claims"]
+        scale = str(data["run"]["scale"])
+        verdicts = {str(c["id"]): str(c["verdict"]) for c in claims}
+    except FileNotFoundError:
+        raise NormfieldError(f"--compare {str(p)!r} does not exist; give a results.json (or its directory) "
+                             "of an earlier normfield reproduce run", argument="--compare") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NormfieldError(f"--compare {str(p)!r} is not a normfield results.json ({type(e).__name__})",
+                             argument="--compare") from None
+    return {"path": str(p), "scale": scale, "verdicts": verdicts,
+            "measured": {str(c["id"]): c.get("measured", {}) for c in claims}}
+
+
+def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
+                 compare: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, results.json and data/*.parquet|csv.
 
     Args:
@@ -182,6 +212,9 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
         out_dir: target directory (created).
         meta: the run's settings (scale, seed, device, executor, ...); stored
             under ``"run"`` in results.json.
+        compare: another run's verdicts (:func:`load_comparison`): each claim then
+            shows its verdict at that run's scale, and the report says where the
+            two verdicts differ.
 
     Returns:
         Paths written, by kind: ``json``, ``md``, ``html`` and ``data`` (a list).
@@ -231,6 +264,15 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
             else:
                 missing.append(rel)
         seeds = _seeds(r, meta.get("seed"))
+        other = (compare or {}).get("verdicts", {}).get(r.id)
+        cmp_line = ""
+        if compare is not None:
+            if other is None:
+                cmp_line = f"not run at scale {compare['scale']}"
+            elif other == r.verdict:
+                cmp_line = f"same verdict at scale {compare['scale']} ({other})"
+            else:
+                cmp_line = f"DIFFERS at scale {compare['scale']}: {other} there, {r.verdict} here"
         sweeps = [jsonable(s) for s in (getattr(r, "sweeps", None) or [])]
         claims_json.append(
             jsonable(
@@ -251,6 +293,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
                     "data": data_files,
                     "wall_time_s": r.wall_time_s,
                     "sweeps": sweeps,
+                    "compare": ({"scale": compare["scale"], "verdict": other} if compare is not None else None),
                 }
             )
         )
@@ -262,6 +305,8 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
         md = [f"## {r.id}: {r.title} — **{r.verdict}**\n", f"*{r.paper}, {r.reference}.* {r.statement}\n",
               f"- settings: {_fmt(r.settings)}", f"- measured: {_fmt(r.measured)}",
               f"- expected: {_fmt(r.expected)}", f"- wall time: {r.wall_time_s:.1f} s; {runner_line}"]
+        if cmp_line:
+            md.append(f"- other scale: {cmp_line}")
         if r.notes:
             md.append("- notes: " + r.notes.strip().replace("\n", "\n  "))
         md += [f"\n![{r.id}]({f})" for f in rel_figs]
@@ -285,13 +330,29 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
             f"<h3>Expected</h3>{_html_kv(r.expected)}"
             f"<p>Verdict: <span class='{r.verdict}'>{r.verdict}</span>; wall time {r.wall_time_s:.1f} s; "
             f"{html.escape(runner_line)}</p>"
+            + (f"<p class='{'banner' if 'DIFFERS' in cmp_line else 'cmp'}'>{html.escape(cmp_line)}</p>"
+               if cmp_line else "")
             + (f"<h3>Notes</h3><pre>{html.escape(r.notes)}</pre>" if r.notes else "")
             + "".join(imgs)
             + "</section>"
         )
 
+    partial_note = ""
+    if meta.get("partial"):
+        partial_note = (f"Partial report: {len(results)} claim(s) finished so far; the run is still going or was "
+                        "interrupted (re-run the same command: cached cells are reused).")
+    differ = []
+    if compare is not None:
+        differ = [r.id for r in results if compare["verdicts"].get(r.id) not in (None, r.verdict)]
     scale_note = ""
-    if scale != "paper":
+    if compare is not None:
+        scale_note = (
+            f"Compared with the run at scale <b>{html.escape(str(compare['scale']))}</b> "
+            f"({html.escape(compare['path'])}): "
+            + (f"verdicts differ for <b>{html.escape(', '.join(differ))}</b>; see those claims' notes."
+               if differ else "every claim run at both scales has the same verdict.")
+        )
+    elif scale != "paper":
         scale_note = (
             f"These verdicts were computed at scale <b>{html.escape(scale)}</b> (reduced sizes and fewer "
             "seeds than the papers). Each claim's notes say where its verdict may differ at the papers' "
@@ -301,7 +362,9 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
     results_json = {
         "environment": env,
         "run": jsonable(meta),
-        "summary": {"claims": len(results), "pass": n_pass, "fail": len(results) - n_pass, "scale": scale},
+        "summary": {"claims": len(results), "pass": n_pass, "fail": len(results) - n_pass, "scale": scale,
+                    **({"compared_with": compare["path"], "compared_scale": compare["scale"],
+                        "verdicts_differ": differ} if compare is not None else {})},
         "claims": claims_json,
     }
     paths: dict[str, Any] = {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html",
@@ -314,17 +377,34 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
         f"numpy {env['numpy']} · device {env['device']} · executor {meta.get('executor', 'local')}\n",
         f"{n_pass}/{len(results)} claims PASS.\n",
     ]
+    if partial_note:
+        head.append(f"> **{partial_note}**\n")
     if scale_note:
-        head.append("> " + re.sub(r"</?(b|code)>", lambda m: "`" if "code" in m.group(0) else "**", scale_note)
-                    + "\n")
-    head.append("| claim | paper | reference | verdict | wall time (s) |\n|---|---|---|---|---|")
-    head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | {r.wall_time_s:.1f} |"
-             for r in results]
+        head.append("> " + html.unescape(re.sub(r"</?(b|code)>", lambda m: "`" if "code" in m.group(0) else "**",
+                                                scale_note)) + "\n")
+    if compare is None:
+        head.append("| claim | paper | reference | verdict | wall time (s) |\n|---|---|---|---|---|")
+        head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | {r.wall_time_s:.1f} |"
+                 for r in results]
+    else:
+        head.append(f"| claim | paper | reference | verdict | verdict at {compare['scale']} | wall time (s) |"
+                    "\n|---|---|---|---|---|---|")
+        head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | "
+                 f"{compare['verdicts'].get(r.id, '—')}{' (differs)' if r.id in differ else ''} | "
+                 f"{r.wall_time_s:.1f} |" for r in results]
     atomic_write(paths["md"], "\n".join(head) + "\n\n" + "\n".join(md_sections))
     # -- report.html -----------------------------------------------------------------
+    cmp_head = f"<th>verdict at {html.escape(str(compare['scale']))}</th>" if compare is not None else ""
+
+    def cmp_cell(r: Any) -> str:
+        if compare is None:
+            return ""
+        v = compare["verdicts"].get(r.id, "—")
+        return f"<td class='{v}'>{v}{' (differs)' if r.id in differ else ''}</td>"
+
     rows = "".join(
         f"<tr><td><a href='#{html.escape(r.id)}'>{html.escape(r.id)}</a></td><td>{html.escape(r.paper)}</td>"
-        f"<td>{html.escape(r.reference)}</td><td class='{r.verdict}'>{r.verdict}</td>"
+        f"<td>{html.escape(r.reference)}</td><td class='{r.verdict}'>{r.verdict}</td>{cmp_cell(r)}"
         f"<td>{r.wall_time_s:.1f}</td></tr>"
         for r in results
     )
@@ -335,8 +415,10 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any])
         f"<style>{_CSS}</style></head><body>"
         f"<h1>normfield reproduction report</h1><p>Scale <b>{html.escape(scale)}</b>: "
         f"{n_pass}/{len(results)} claims PASS.</p>"
+        + (f"<p class='banner'>{html.escape(partial_note)}</p>" if partial_note else "")
         + (f"<p class='banner'>{scale_note}</p>" if scale_note else "")
-        + "<table><tr><th>claim</th><th>paper</th><th>reference</th><th>verdict</th><th>wall time (s)</th></tr>"
+        + "<table><tr><th>claim</th><th>paper</th><th>reference</th><th>verdict</th>" + cmp_head
+        + "<th>wall time (s)</th></tr>"
         f"{rows}</table><details><summary>environment and run settings</summary>{env_rows}{run_rows}</details>"
         + "".join(html_sections)
         + "</body></html>"

@@ -2,9 +2,10 @@
 
 Store: one SQLite database file, ``<cache_dir>/results.sqlite``, with one table
 ``cells(key PRIMARY KEY, sweep, fn, settings, version, format, payload, created)``.
-The payload is the cell's tidy rows serialised as Parquet bytes when the
-columns are numbers, bools or strings (exact, and readable by any later pandas),
-else as a pickle (mixed-type or exotic columns).
+The payload is the cell's tidy rows serialised in the Arrow IPC stream format
+when the columns are numbers, bools or strings (exact; a stable columnar format,
+readable by any later pandas/pyarrow; ~0.5 ms per cell each way against ~1.2/2.4
+ms for Parquet), else as a pickle (mixed-type or exotic columns).
 
 Why SQLite rather than Parquet files plus an index file:
 
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import io
 import json
 import pickle
 import sqlite3
@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS cells (
 DB_NAME = "results.sqlite"
 
 
+def _numpy_scalar(x: Any) -> Any:
+    """NumPy scalars as plain numbers (np.int64(3) and 3 are the same setting)."""
+    import numpy as np
+
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
+
+
 def canonical_json(obj: Any, *, argument: str = "cells") -> str:
     """Canonical JSON (sorted keys, no spaces) of JSON-able settings.
 
@@ -78,7 +91,7 @@ def canonical_json(obj: Any, *, argument: str = "cells") -> str:
             or is a non-finite float (NaN settings would never hit the cache).
     """
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_numpy_scalar)
     except (TypeError, ValueError) as e:
         raise NormfieldError(
             f"{argument}: every cell must be a dict of JSON-serialisable, finite settings "
@@ -104,35 +117,45 @@ def cell_key(fn_id: dict[str, str], cell: dict[str, Any], version: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _parquet_safe(df: pd.DataFrame) -> bool:
-    """Columns that round-trip through Parquet exactly: numbers, bools, strings."""
+def _arrow_safe(df: pd.DataFrame) -> bool:
+    """Columns that round-trip through Arrow exactly: numbers, bools, strings."""
     if not all(isinstance(c, str) for c in df.columns) or df.columns.has_duplicates:
         return False
     for col, dt in df.dtypes.items():
         if dt.kind in "biuf":
             continue
         if isinstance(dt, pd.StringDtype) and all(isinstance(v, str) for v in df[col]):
-            continue  # pandas' string dtype holding only strings (no missing values): exact in Parquet
+            continue  # pandas' string dtype holding only strings (no missing values): exact in Arrow
         return False
     return True
 
 
 def _dumps(df: pd.DataFrame) -> tuple[str, bytes]:
-    """Parquet where it is exact (numbers, bools, strings), else a pickle."""
+    """Arrow IPC where it is exact (numbers, bools, strings), else a pickle."""
     df = df.reset_index(drop=True)
-    if _parquet_safe(df):
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        return "parquet", buf.getvalue()
+    if _arrow_safe(df):
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        return "arrow", sink.getvalue().to_pybytes()
     return "pickle", pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _loads(fmt: str, payload: bytes) -> pd.DataFrame:
-    if fmt == "parquet":
+    if fmt == "arrow":
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(payload).read_all().to_pandas()
+    if fmt == "parquet":  # written by earlier development versions
+        import io
+
         return pd.read_parquet(io.BytesIO(payload))
     if fmt == "pickle":
         return pickle.loads(payload)  # noqa: S301 - the user's own local cache
-    raise NormfieldError(f"cache entry has unknown format {fmt!r}; re-run with --fresh", argument="--cache-dir")
+    raise ValueError(f"unknown cache payload format {fmt!r}")
 
 
 class ResultCache:
@@ -149,6 +172,7 @@ class ResultCache:
         self.dir = Path(cache_dir).expanduser()
         self.path = self.dir / DB_NAME
         self._conn: sqlite3.Connection | None = None
+        self.unreadable = 0  # entries found but not decodable (treated as missing)
         if self.dir.exists() and not self.dir.is_dir():
             raise NormfieldError(f"--cache-dir {str(self.dir)!r} exists and is not a directory",
                                  argument="--cache-dir")
@@ -219,7 +243,10 @@ class ResultCache:
                 chunk = keys[i : i + 500]
                 q = f"SELECT key, format, payload FROM cells WHERE key IN ({','.join('?' * len(chunk))})"
                 for key, fmt, payload in conn.execute(q, chunk):
-                    out[key] = _loads(fmt, payload)
+                    try:
+                        out[key] = _loads(fmt, payload)
+                    except Exception:  # noqa: BLE001 - an entry this version cannot read is a miss:
+                        self.unreadable += 1  # it is recomputed and overwritten, never trusted
         except sqlite3.DatabaseError as e:
             raise NormfieldError(f"--cache-dir {str(self.dir)!r}: cannot read the cache ({e}); "
                                  "delete it or pass another --cache-dir", argument="--cache-dir") from None

@@ -48,6 +48,7 @@ __all__ = ["run_sweep", "shutdown_executors", "open_executors", "prepare_executo
 EXECUTORS = ("local", "process", "dask")
 _DEFAULT_TIMEOUT_S = 5.0
 _CLIENTS: dict[tuple, Any] = {}
+_SCRATCH: dict[tuple, str] = {}
 
 
 # -- cell execution (also runs inside pool processes and Dask workers) --------
@@ -107,10 +108,36 @@ def _as_frame(out: Any, fn_name: str) -> pd.DataFrame:
     )
 
 
-def _run_cell(fn: Callable[[dict], Any], cell: dict, threads: int) -> pd.DataFrame:
-    """Run one cell with pinned threads; returns its rows as a DataFrame."""
-    with _thread_limit(threads):
+def _pin_worker(threads: int) -> None:
+    """Pin threads for good in a worker process (no restore).
+
+    Several cells may run on threads of one Dask worker; torch's thread count is
+    process-wide, so a set-then-restore per cell could race. Workers only run
+    cells, so pinning once and leaving it is both safe and exact.
+    """
+    if threads <= 0:
+        return
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    ctl = _blas_controller()
+    if ctl is not None:
+        ctl.limit(limits=threads)  # applied now; not restored
+
+
+def _run_cell(fn: Callable[[dict], Any], cell: dict, threads: int, worker: bool = False) -> pd.DataFrame:
+    """Run one cell with pinned threads; returns its rows as a DataFrame.
+
+    In-process (``worker=False``) the thread settings are restored afterwards;
+    in pool/Dask workers they stay pinned (see :func:`_pin_worker`).
+    """
+    if worker:
+        _pin_worker(threads)
         out = fn(dict(cell))
+    else:
+        with _thread_limit(threads):
+            out = fn(dict(cell))
     return _as_frame(out, getattr(fn, "__qualname__", repr(fn)))
 
 
@@ -124,9 +151,10 @@ def _pool_init(threads: int) -> None:  # pragma: no cover - runs in pool process
 def _assemble(cells: list[dict], frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate the cells' rows in cell order and add each cell's scalar settings as columns.
 
-    A column returned by ``fn`` wins over a setting of the same name.
+    A column returned by ``fn`` wins over a setting of the same name; a setting
+    absent from some cells is missing (None/NaN) in their rows; list/dict settings
+    are not turned into columns.
     """
-    frames = [f for f in frames]
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
@@ -136,16 +164,16 @@ def _assemble(cells: list[dict], frames: list[pd.DataFrame]) -> pd.DataFrame:
         for k, v in c.items():
             if k not in keys and k not in df.columns and not isinstance(v, (list, tuple, dict)):
                 keys.append(k)
-    cols = {}
+    if not keys:
+        return df
+    cols: dict[str, list] = {}
     for k in keys:
-        vals = []
+        vals: list = []
         for c, n in zip(cells, lengths):
             v = c.get(k)
             vals.extend([None if isinstance(v, (list, tuple, dict)) else v] * n)
-        cols[k] = pd.Series(vals, dtype=object).infer_objects() if any(v is None for v in vals) else vals
-    if cols:
-        df = pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
-    return df
+        cols[k] = vals
+    return pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
 
 
 # -- validation --------------------------------------------------------------
@@ -197,6 +225,19 @@ def _check_device(device: str, remote: bool) -> str:
             raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
                                  argument="--device")
     return device
+
+
+def _check_not_bootstrapping(executor: str) -> None:
+    """Refuse to start workers from a spawned child that is still importing the main script."""
+    import multiprocessing as mp
+
+    if getattr(mp.current_process(), "_inheriting", False):
+        flag = "--workers" if executor == "process" else "--dask-local"
+        raise NormfieldError(
+            f"{flag}: a worker process is re-running your main script while it starts; put the script's "
+            "top-level code under `if __name__ == \"__main__\":` (pool and Dask workers are spawned)",
+            argument=flag,
+        )
 
 
 def _check_picklable(fn: Callable[..., Any], executor: str) -> None:
@@ -267,15 +308,23 @@ def _dask_client(scheduler: str | None, dask_local: int | None, threads: int, ti
     else:
         import logging
 
+        import tempfile
+
         distributed = _import_distributed()
-        cluster = distributed.LocalCluster(
-            n_workers=int(dask_local),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        scratch = tempfile.mkdtemp(prefix="normfield-dask-")  # workers' spill space; removed at shutdown
+        import dask
+
+        with dask.config.set({"temporary-directory": scratch}):
+            cluster = distributed.LocalCluster(
+                n_workers=int(dask_local),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+                local_directory=scratch,
+            )
         client = distributed.Client(cluster)
+        _SCRATCH[key] = scratch
     _CLIENTS[key] = client
     return client
 
@@ -350,6 +399,11 @@ def shutdown_executors(keep: set | None = None) -> None:
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+        scratch = _SCRATCH.pop(key, None)
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 shutdown_dask = shutdown_executors  # older name
@@ -392,7 +446,10 @@ def run_sweep(
             ``workers > 1``, else ``"local"``.
         scheduler: address ``tcp://HOST:PORT`` of a running Dask scheduler.
         dask_local: start (once per process) a Dask LocalCluster of this many workers.
-        workers: size of the local process pool (default: CPU cores).
+        workers: size of the local process pool (default: CPU cores). Pool and
+            LocalCluster workers are *spawned*: they import your main script again,
+            so a script that calls ``run_sweep`` with ``workers``/``dask_local`` must
+            keep its top-level code under ``if __name__ == "__main__":``.
         threads: torch/BLAS threads per cell (default 1 everywhere, which makes the
             numbers bit-identical across executors; 0 leaves the thread settings
             alone, faster in-process but only reproducible on the same executor).
@@ -437,6 +494,8 @@ def run_sweep(
         full.append(c)
     if ex != "local":
         _check_picklable(fn, ex)
+        if ex == "process" or dask_local is not None:
+            _check_not_bootstrapping(ex)
 
     ident = fn_identity(fn)
     # threads join the key: they change the last bits of the numbers (0 = unpinned).
@@ -494,15 +553,27 @@ def run_sweep(
 def _run_process(fn, full, todo, threads, workers, store, bar) -> None:
     from concurrent.futures import FIRST_EXCEPTION, wait
 
+    from concurrent.futures.process import BrokenProcessPool
+
     pool = _process_pool(workers, threads)
-    futs = {pool.submit(_run_cell, fn, full[i], threads): i for i in todo}
+    futs = {pool.submit(_run_cell, fn, full[i], threads, True): i for i in todo}
     pending = set(futs)
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in done:
-                store(futs[f], f.result())  # re-raises a cell's exception
-                bar.update(1)
+            failed = [f for f in done if f.exception() is not None]
+            for f in done:  # keep every finished cell before reporting a failure
+                if f.exception() is None:
+                    store(futs[f], f.result())
+                    bar.update(1)
+            if failed:
+                failed[0].result()  # re-raises the cell's exception
+    except BrokenProcessPool:
+        raise NormfieldError(
+            "--workers: a pool process died (killed, out of memory, or a script whose top-level code is not "
+            "under `if __name__ == \"__main__\":`); the cells finished so far are cached",
+            argument="--workers",
+        ) from None
     except BaseException:
         for f in pending:
             f.cancel()
@@ -516,7 +587,7 @@ def _run_dask(client, fn, full, todo, keys, name, threads, store, bar) -> None:
     futs = {}
     for i in todo:
         # a fresh token per submission: a re-run never aliases a still-held earlier future
-        f = client.submit(_run_cell, fn, full[i], threads,
+        f = client.submit(_run_cell, fn, full[i], threads, True,
                           key=f"normfield-{safe}-{i}-{keys[i][:12]}-{uuid.uuid4().hex[:8]}", pure=False)
         futs[f] = i
     try:

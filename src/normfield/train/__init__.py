@@ -1,23 +1,25 @@
-"""Training experiments: the learning-rate grid of Karakida et al. 2019 (§3.4, Fig. 2)
+"""Training experiments (modules: ``data``, ``lr_grid``, ``bn_mlp``, ``plots``;
+the function :func:`lr_grid` shadows its module name here): the learning-rate grid of Karakida et al. 2019 (§3.4, Fig. 2)
 and BN-MLP training of Joudaki et al. 2023 (§6.2, Figs. 6–8), with their data readers."""
 
 # -- data ---------------------------------------------------------------------------------------
 from normfield.train.data import Dataset, load_cifar100, load_dataset, load_digits
 
 # -- learning-rate limit from sharpness (Karakida et al. 2019, eq. (23)) -------------------------
-from normfield.train.lr_grid import (StudentRun, eta_theory, lr_grid, summarize_lr_grid, train_student_plain,
-                                     train_students)
+from normfield.train.lr_grid import (StudentRun, eta_theory, log_lrs, lr_grid, summarize_lr_grid,
+                                     train_student_plain, train_students)
 
 # -- batch norm during training (Joudaki et al. 2023, §6.2) --------------------------------------
 from normfield.train.bn_mlp import (BNMLP, BNMLPConfig, TrainResult, bn_experiment, class_entropy,
-                                    gram_eigenvalues, train_bn_mlp)
+                                    entropy_at_init_theory, gram_eigenvalues, train_bn_mlp)
 
 # -- figures ------------------------------------------------------------------------------------
 from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss, plot_lr_grid
 
 __all__ = [
     "Dataset", "load_dataset", "load_cifar100", "load_digits",
-    "StudentRun", "train_students", "train_student_plain", "lr_grid", "summarize_lr_grid", "eta_theory",
+    "StudentRun", "train_students", "train_student_plain", "lr_grid", "summarize_lr_grid", "eta_theory", "log_lrs",
     "BNMLP", "BNMLPConfig", "TrainResult", "train_bn_mlp", "bn_experiment", "class_entropy", "gram_eigenvalues",
+    "entropy_at_init_theory",
     "plot_lr_grid", "plot_gram_spectra", "plot_entropy", "plot_loss",
 ]

@@ -50,7 +50,8 @@ from normfield.errors import NormfieldError
 from normfield.train.data import Dataset
 
 __all__ = ["BNMLPConfig", "BNMLP", "TrainResult", "train_bn_mlp", "class_entropy", "gram_eigenvalues",
-           "class_probabilities_theory", "entropy_at_init_theory", "bn_experiment", "bn_mlp_cell", "CHECKPOINT_NAME"]
+           "class_probabilities_theory", "entropy_at_init_theory", "bn_experiment", "bn_mlp_cell", "init_entropy_cell",
+           "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _CKPT_VERSION = 1
@@ -594,3 +595,27 @@ def bn_experiment(
     nc = df.groupby("batchnorm")["num_classes"].first()
     metrics["num_classes"] = metrics["batchnorm"].map(nc)
     return metrics, eig
+
+
+def init_entropy_cell(cell: dict) -> list[dict]:
+    """Predicted-class entropy at initialization only (no training), one seed: a sweep cell.
+
+    Cell keys: the :class:`BNMLPConfig` fields (``seed`` picks the initialization),
+    ``dataset``, ``data_dir``, ``device``. Predictions are made as in :func:`train_bn_mlp`
+    (mini-batches of ``batch_size`` over the evaluation subset, batch statistics).
+    """
+    from normfield.train.data import load_dataset
+
+    cfg = BNMLPConfig(**{k: cell[k] for k in _CFG_FIELDS if k in cell}).validated()
+    data = load_dataset(cell.get("dataset", "digits"), data_dir=cell.get("data_dir"))
+    dt = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+    dev = torch.device(cell.get("device", "cpu"))
+    model = BNMLP(data.num_features, data.num_classes, cfg, torch.Generator().manual_seed(cfg.seed)).to(dev, dt)
+    g_sub = torch.Generator().manual_seed(cfg.seed + 7919)
+    perm = torch.randperm(len(data), generator=g_sub)
+    n_eval = len(data) if cfg.eval_samples is None else min(cfg.eval_samples, len(data))
+    idx = perm[:n_eval].sort().values
+    x = torch.as_tensor(data.x, dtype=dt)[idx].to(dev)
+    y = torch.as_tensor(data.y)[idx].to(dev)
+    m = _measure(model, x, y, None, cfg.batch_size, data.num_classes)
+    return [{"entropy": m["entropy"], "loss": m["loss"], "num_classes": data.num_classes}]

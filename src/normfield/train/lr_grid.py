@@ -196,6 +196,7 @@ def train_students(
     explode_at: float = EXPLODE_AT,
     stop_loss: float = 1e10,
     return_params: bool = False,
+    max_batch: int | None = None,
 ) -> StudentRun:
     """Train K = len(lrs) copies of one initialization by full-batch GD, batched.
 
@@ -219,6 +220,10 @@ def train_students(
         explode_at: threshold on the final loss that marks a run exploded.
         stop_loss: loss above which a student is stopped early (>= explode_at).
         return_params: keep every student's final parameters in the result.
+        max_batch: most students advanced in one stack; None picks it so that one
+            stacked activation (K·T·max width numbers) stays within ~512 KiB (cache-sized:
+            larger stacks are memory-bound and slower than a loop). Students are
+            independent, so the result does not depend on it beyond float rounding.
 
     Returns:
         :class:`StudentRun` with per-student final loss and explosion flags.
@@ -241,6 +246,21 @@ def train_students(
     T = X.shape[0]
     el = X.element_size()
     widest = max(W.shape[0] for W, _ in ps)
+    if max_batch is None:
+        max_batch = max(1, (1 << 19) // max(1, T * widest * el))
+    max_batch = check_int("max_batch", max_batch, minimum=1)
+    if K > max_batch:  # independent students: train the stack in cache-sized chunks
+        parts = [train_students(ps, X, y, lr_arr[i:i + max_batch], steps=steps, norm=norm, activation=act,
+                                explode_at=explode_at, stop_loss=stop_loss, return_params=return_params,
+                                max_batch=max_batch) for i in range(0, K, max_batch)]
+        cat = np.concatenate
+        params = None
+        if return_params:
+            params = [(torch.cat([p.params[l][0] for p in parts]), torch.cat([p.params[l][1] for p in parts]))
+                      for l in range(len(ps))]
+        return StudentRun(cat([p.lrs for p in parts]), cat([p.final_loss for p in parts]),
+                          cat([p.initial_loss for p in parts]), cat([p.steps_run for p in parts]),
+                          cat([p.exploded for p in parts]), cat([p.min_loss for p in parts]), params)
     n_par = sum(W.numel() + b.numel() for W, b in ps)
     check_memory("train_students", el * K * (3 * n_par + 3 * len(ps) * T * widest),
                  hint="train fewer learning rates at once or use smaller widths")

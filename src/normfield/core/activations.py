@@ -202,9 +202,9 @@ def get_activation(act: ActivationLike, **params: Any) -> Activation:
     if isinstance(act, Activation):
         return act
     if isinstance(act, str):
-        name = act.strip().lower().replace("-", "_")
-        if ":" in name:
-            name, _, arg = name.partition(":")
+        name, sep, arg = act.strip().lower().partition(":")
+        name = name.replace("-", "_")
+        if sep:
             if name != "leaky_relu":
                 raise NormfieldError(
                     f"activation {act!r}: only leaky_relu takes a parameter (leaky_relu:SLOPE)",

@@ -169,9 +169,7 @@ CLI_CASES = [
     C("fixed-point-batch-not-int", [*FP, "relu", "--batch", "2.5"], "--batch"),
     C("fixed-point-slope-nan", [*FP, "leaky_relu", "--slope", "nan", "--batch", "4"], "slope"),
     C("fixed-point-bad-slope-suffix", [*FP, "leaky_relu:abc", "--batch", "4"], "slope"),
-    C("fixed-point-batch-over-memory", [*FP, "relu", "--batch", "100000000000"], "batch",
-      marks=(pytest.mark.xfail(strict=True, reason="owner F: fixed_point allocates n eigenvalues without "
-                                                     "check_memory (MemoryError traceback)"),)),
+    C("fixed-point-batch-over-memory", [*FP, "relu", "--batch", "100000000000"], "batch"),
     # -- order-params (Karakida eqs. 5-7, 11) -----------------------------------------------
     C("order-params-negative-sw2", [*OP, "--sw2", "-1", "--sb2", "0", "--depth", "3"], "--sw2"),
     C("order-params-negative-sb2", [*OP, "--sw2", "1", "--sb2", "-0.1", "--depth", "3"], "--sb2"),
@@ -236,18 +234,14 @@ CLI_CASES = [
     C("bn-mlp-out-under-a-file", ["train", "bn-mlp", "--out", "{tmp}/afile/o", "--epochs", "1"], "--out",
       setup=_file("afile")),
     C("bn-mlp-zero-epochs", ["train", "bn-mlp", "--epochs", "0", "--width", "4", "--depth", "2",
-                             "--eval-samples", "64", "--gram-batch", "8", "--variants", "bn"], "epochs",
-      marks=(pytest.mark.xfail(strict=True, reason="owner T: --epochs 0 is accepted, trains nothing and prints "
-                                                     "a nan train_loss"),)),
+                             "--eval-samples", "64", "--gram-batch", "8", "--variants", "bn"], "epochs"),
     # -- analyze (any nn.Module) ----------------------------------------------------------
     C("analyze-missing-file", ["analyze", "{tmp}/nonexistent.py:make", "--input-shape", "3"], "MODULE:FACTORY"),
     C("analyze-no-inputs", ["analyze", "torch.nn:Linear"], "--input-shape"),
     C("analyze-bad-factory-kwargs", ["analyze", "torch.nn:Linear", "--input-shape", "3", "--factory-kwargs",
                                      "{bad json"], "--factory-kwargs"),
     C("analyze-inputs-over-memory", ["analyze", "torch.nn:Linear", "--input-shape", "100000,100000",
-                                     "--factory-kwargs", '{"in_features": 3, "out_features": 2}'], "inputs",
-      marks=(pytest.mark.xfail(strict=True, reason="owner A: cli/analyze.py draws the random batch before "
-                                                     "check_memory (RuntimeError traceback)"),)),
+                                     "--factory-kwargs", '{"in_features": 3, "out_features": 2}'], "inputs"),
 ]
 
 # -- Python API ----------------------------------------------------------------------------

@@ -65,9 +65,11 @@ def bn_layer_cell(cell: dict) -> list[dict]:
         o_r = (x.sum(1) ** 2 - sq) / (n * (n - 1))
         s_a += float(a_r.sum()); s_a2 += float((a_r * a_r).sum())
         s_o += float(o_r.sum()); s_o2 += float((o_r * o_r).sum())
-        outer = x[:, :, None] * x[:, None, :]
-        S1 += outer.sum(0)
-        S2 += (outer * outer).sum(0)
+        # Σ_r x_ri x_rj and Σ_r x_ri² x_rj² as (b×n)ᵀ(b×n) products: memory O(b·n), not the
+        # O(b·n²) of materialised outer products (7 GB at d = 10⁶, n = 128 before this).
+        S1 += x.T @ x
+        x2 = x * x
+        S2 += x2.T @ x2
         done += b
 
     def mse(s: float, s2: float) -> tuple[float, float]:

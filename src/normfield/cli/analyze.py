@@ -160,8 +160,16 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if args.data is not None:
         x = load_data(args.data, shape, args.batch)
     else:
+        from math import prod
+
+        from normfield.core.validation import check_memory
+
+        n_batch = args.batch or 32
+        check_memory("inputs", 8.0 * n_batch * prod(shape),
+                     hint=f"the random batch of {n_batch} inputs of shape {tuple(shape)} is too large; "
+                          "pass a smaller --batch or --input-shape")
         g = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(args.batch or 32, *shape, generator=g, dtype=torch.float64)
+        x = torch.randn(n_batch, *shape, generator=g, dtype=torch.float64)
     layers: Any = args.layers
     if layers not in ("auto", "none"):
         layers = [t.strip() for t in layers.split(",") if t.strip()]

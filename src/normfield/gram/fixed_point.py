@@ -38,7 +38,7 @@ import numpy as np
 from normfield.core.activations import Activation, ActivationLike, get_activation
 from normfield.core.gaussian import sphere_pair_expectation
 from normfield.core.kernels import _numpy_pair, kernel
-from normfield.core.validation import check_choice, check_int
+from normfield.core.validation import check_choice, check_int, check_memory
 from normfield.errors import NormfieldError
 
 __all__ = ["FixedPoint", "fixed_point"]
@@ -166,6 +166,7 @@ def fixed_point(activation: ActivationLike, batch: int, *, method: str = "auto")
     act = get_activation(activation)
     n = check_int("batch", batch, minimum=2)
     check_choice("method", method, ("auto", "closed", "quad"))
+    check_memory("batch", 8.0 * n, hint=f"FixedPoint.eigenvalues holds batch={n} floats; use a smaller batch")
     homog = act.homogeneous and act.name in ("relu", "leaky_relu", "identity")
     if method == "closed" and not homog:
         raise NormfieldError(

@@ -101,7 +101,7 @@ class BNMLPConfig:
         get_activation(self.activation)
         check_float("lr", self.lr, minimum=0.0, strict_min=True)
         check_int("batch_size", self.batch_size, minimum=2)
-        check_int("epochs", self.epochs, minimum=0, maximum=100_000)
+        check_int("epochs", self.epochs, minimum=1, maximum=100_000)
         check_int("seed", self.seed, minimum=0)
         check_int("gram_every", self.gram_every, minimum=1)
         check_int("gram_batch", self.gram_batch, minimum=2)

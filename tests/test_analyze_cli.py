@@ -7,19 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from normfield.cli import main
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "resnet_block.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_analyze_json_and_table(capsys):

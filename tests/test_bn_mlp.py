@@ -12,15 +12,7 @@ from normfield.train.bn_mlp import (CHECKPOINT_NAME, BNMLP, BNMLPConfig, class_e
 from normfield.train.data import Dataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids waiting on a shared, loaded machine's scheduler."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy(n=300, d=8, c=3, seed=0):

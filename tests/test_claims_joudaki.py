@@ -16,18 +16,14 @@ def test_all_joudaki_claims_registered():
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    ctx = ClaimContext(scale="smoke", out_dir=tmp_path_factory.mktemp("jrep"), progress=False, seed=0)
-    return {r.id: r for r in run_claims(IDS, ctx)}
+def results(run_smoke_claims):
+    return run_smoke_claims(IDS, "jrep", seed=0)
 
 
 @pytest.mark.parametrize("cid", IDS)
-def test_claim_runs_and_reports(results, cid):
+def test_claim_runs_and_reports(results, cid, check_claim_reported):
     r = results[cid]
-    assert "crashed" not in r.notes, r.notes
-    assert r.verdict in ("PASS", "FAIL") and r.measured and r.expected
-    assert r.figures and all(p.exists() and p.stat().st_size > 1000 for p in r.figures)
-    assert r.data and all(len(df) > 0 for df in r.data.values())
+    check_claim_reported(r, min_figure_bytes=1000)
     df = next(iter(r.data.values()))
     assert {"run", "layer", "metric", "value", "activation"} <= set(df.columns)
 

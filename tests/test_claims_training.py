@@ -4,18 +4,10 @@ import math
 
 import pytest
 
-from normfield.claims import ClaimContext, all_claims, run_claims
+from normfield.claims import all_claims
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids waiting on a shared, loaded machine's scheduler."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 IDS = ["K-fig2", "J-fig6", "J-fig7", "J-fig8"]
@@ -27,19 +19,13 @@ def test_registered():
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("claims")
-    ctx = ClaimContext(scale="smoke", out_dir=out, progress=False)
-    return {r.id: r for r in run_claims(IDS, ctx)}
+def results(run_smoke_claims):
+    return run_smoke_claims(IDS, "claims")
 
 
 @pytest.mark.parametrize("cid", IDS)
-def test_runs_and_reports(results, cid):
-    r = results[cid]
-    assert "crashed" not in r.notes, r.notes
-    assert r.verdict in ("PASS", "FAIL") and r.measured and r.expected
-    assert r.figures and all(p.exists() and p.stat().st_size > 0 for p in r.figures)
-    assert r.data and all(len(df) for df in r.data.values())
+def test_runs_and_reports(results, cid, check_claim_reported):
+    check_claim_reported(results[cid])
 
 
 def test_k_fig2_numbers_are_consistent(results):

@@ -13,7 +13,14 @@ from normfield.analyze._functional import ModelFunction, model_state_guard, sele
 from normfield.analyze.hooks import layer_gram_rows
 from normfield.analyze.ntk import fisher_ntk
 from normfield.analyze.result import AnalysisResult
-from normfield.core.validation import check_batch_for_norm, check_choice, check_finite_array, check_int, check_memory
+from normfield.core.validation import (
+    check_batch_for_norm,
+    check_choice,
+    check_device,
+    check_finite_array,
+    check_int,
+    check_memory,
+)
 from normfield.errors import NormfieldError
 
 __all__ = ["analyze", "WHAT_IF"]
@@ -30,13 +37,7 @@ def _resolve_device(device: Any, model: nn.Module) -> torch.device:
         for t in list(model.parameters()) + list(model.buffers()):
             return t.device
         return torch.device("cpu")
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NormfieldError("device: cuda asked for, but no CUDA device is available; use device='cpu'",
-                             argument="device")
-    if dev.type not in ("cpu", "cuda"):
-        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
-    return dev
+    return check_device("device", device, as_torch=True)
 
 
 def _resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:

@@ -87,8 +87,9 @@ def digits_batch(T: int, seed: int):
     return torch.from_numpy(x[idx][:, None, :, :].copy())
 
 
-def _width_cell(cell: dict) -> list[dict]:
-    """One (width, variant, seed): λ_max, m_λ with and without last-layer mean subtraction."""
+def _analyze_cell(cell: dict, **kw: Any):
+    """``nf.analyze`` (train mode, ReLU outputs as layers) of the cell's convnet on its digits batch,
+    with torch pinned to one thread while it runs (cells run side by side)."""
     import torch
 
     import normfield as nf
@@ -98,10 +99,15 @@ def _width_cell(cell: dict) -> list[dict]:
     try:
         model = make_digits_convnet(cell["width"], bn=cell["variant"] == "bn", depth=cell["depth"], seed=cell["seed"])
         x = digits_batch(cell["T"], cell["seed"] + 1000)
-        res = nf.analyze(model, x, what_if="last-mean", method="lanczos", k=1, tol=1e-6, trace="hutchinson",
-                         probes=cell["probes"], seed=cell["seed"], mode="train", layers=(torch.nn.ReLU,))
+        return nf.analyze(model, x, mode="train", layers=(torch.nn.ReLU,), **kw)
     finally:
         torch.set_num_threads(nthreads)
+
+
+def _width_cell(cell: dict) -> list[dict]:
+    """One (width, variant, seed): λ_max, m_λ with and without last-layer mean subtraction."""
+    res = _analyze_cell(cell, what_if="last-mean", method="lanczos", k=1, tol=1e-6, trace="hutchinson",
+                        probes=cell["probes"], seed=cell["seed"])
     pen = res.layers.iloc[-1]  # the last ReLU: the input of the linear head
     lm = res.what_if["last-mean"]
     return [{
@@ -115,19 +121,7 @@ def _width_cell(cell: dict) -> list[dict]:
 
 def _depth_cell(cell: dict) -> list[dict]:
     """One (depth, variant, seed): Gram diagnostics of every ReLU output (no Fisher)."""
-    import torch
-
-    import normfield as nf
-
-    nthreads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = make_digits_convnet(cell["width"], bn=cell["variant"] == "bn", depth=cell["depth"], seed=cell["seed"])
-        x = digits_batch(cell["T"], cell["seed"] + 1000)
-        res = nf.analyze(model, x, fisher=False, layers=(torch.nn.ReLU,), mode="train")
-    finally:
-        torch.set_num_threads(nthreads)
-    df = res.layers
+    df = _analyze_cell(cell, fisher=False).layers
     return [{"layer_index": i, "top_fraction": float(r.top_fraction), "effective_rank": float(r.effective_rank),
              "condition_number": float(r.condition_number), "mean_cosine": float(r.mean_cosine),
              "dist_fixed_point": float(r.dist_fixed_point)} for i, r in enumerate(df.itertuples())]

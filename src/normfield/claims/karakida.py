@@ -118,6 +118,40 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def _by_width(s: pd.DataFrame, col: str = "mean") -> dict[int, float]:
+    """``{width: value}`` of a per-width summary (e.g. from :func:`_means`)."""
+    return dict(zip(map(int, s["width"]), map(float, s[col])))
+
+
+def _sweep_setting(ctx: ClaimContext, claim_id: str, setting: tuple[str, float, float], grid: list[dict],
+                   seeds: int, offset: int, **base_kw: Any) -> tuple[dict, pd.DataFrame]:
+    """Sweep :func:`fisher_cell` over ``grid`` × ``seeds`` for one (activation, σ_w², σ_b²) setting.
+
+    Returns the base cell and the tidy frame; the sweep is named ``f"{claim_id}-{activation}"``.
+    """
+    act, sw2, sb2 = setting
+    base = _base(act, sw2, sb2, **base_kw)
+    df = ctx.sweep(fisher_cell, _cells(ctx, base, grid, seeds, offset), name=f"{claim_id}-{act}")
+    return base, df
+
+
+def _width_grid(widths: list[int], *, samples_equal_width: bool = False) -> list[dict]:
+    """One grid point per width (with T = M when ``samples_equal_width``)."""
+    return [{"width": M, "samples": M} if samples_equal_width else {"width": M} for M in widths]
+
+
+def _scaling_result(ctx: ClaimContext, claim_id: str, frames: list[pd.DataFrame], y: str, ok: bool,
+                    measured: dict[str, Any], *, data_key: str, expected: dict[str, Any], settings: dict[str, Any],
+                    notes: str, by: list[str] | None = None, **plot_kw: Any) -> ClaimResult:
+    """Concatenate the settings' frames, plot ``y`` against the width and wrap up the verdict."""
+    from normfield.fisher.plots import plot_scaling
+
+    data = pd.concat(frames, ignore_index=True)
+    fig = plot_scaling(data, "width", y, ctx.figure_path(claim_id), by=by or ["activation"], **plot_kw)
+    return ClaimResult(verdict=_verdict(ok), measured=measured, expected=expected, settings=settings,
+                       figures=[fig], data={data_key: data}, notes=notes)
+
+
 # -- K-thm2.2 ---------------------------------------------------------------------------
 
 @claim("K-thm2.2", title="No normalization: m_λ ∼ κ1C/M and λ_max ∼ α(κ2(T−1)/T + κ1/T)M",
@@ -125,8 +159,6 @@ def _verdict(ok: bool) -> str:
        statement="Without normalization the mean eigenvalue of the FIM is κ1C/M and the largest one grows "
        "in proportion to the width, λ_max ∼ α((T−1)/T κ2 + κ1/T) M.", order=20.0)
 def claim_thm22(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[100, 200, 400, 800, 1600], paper=[250, 500, 1000, 2000, 4000])
     T = ctx.pick(smoke=8, quick=50, paper=100)
     seeds = ctx.pick(smoke=2, quick=5, paper=20)
@@ -135,9 +167,8 @@ def claim_thm22(ctx: ClaimContext) -> ClaimResult:
     ok = True
     lines = {}
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, samples=T, norms=["none"])
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, [{"width": M} for M in widths], seeds, 10 + j),
-                       name=f"K-thm2.2-{act}")
+        base, df = _sweep_setting(ctx, "K-thm2.2", (act, sw2, sb2), _width_grid(widths), seeds, 10 + j,
+                                  samples=T, norms=["none"])
         frames.append(df)
         th = {M: _theory({**base, "width": M}, "none") for M in widths}
         lam = _means(df, "lambda_max", ["width"])
@@ -153,15 +184,12 @@ def claim_thm22(ctx: ClaimContext) -> ClaimResult:
                          "kappa1": th[Mx]["kappa1"], "kappa2": th[Mx]["kappa2"]}
         ok &= abs(r_lam - 1) < 0.10 and abs(r_m - 1) < 0.10 and 0.9 <= slope <= 1.1
         lines[f"Thm 2.2 {act}"] = (widths, [th[M]["lambda_max"] for M in widths])
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "lambda_max", ctx.figure_path("K-thm2.2"), by=["activation"], theory=lines,
-                       title=f"Thm 2.2: λ_max vs M (L=3, C=1, T={T}, {seeds} seeds)", xlabel="M")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-thm2.2", frames, "lambda_max", ok, measured, data_key="thm22", theory=lines,
+        title=f"Thm 2.2: λ_max vs M (L=3, C=1, T={T}, {seeds} seeds)", xlabel="M",
         expected={"lambda_max_and_m_lambda_within": "10% of Thm 2.2 at the largest width (seed mean)",
                   "loglog_slope": "in [0.9, 1.1]"},
         settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1, "settings": FIG1_SETTINGS},
-        figures=[fig], data={"thm22": data},
         notes="Finite-width fluctuations of λ_max and m_λ are O(1/√M) relative (one readout vector W^L "
         "sets q̃ of every layer); the seed mean at the largest width is compared.")
 
@@ -174,8 +202,6 @@ def claim_thm22(ctx: ClaimContext) -> ClaimResult:
        "λ_max grows ∝ M (Thm 2.2 line); with last-layer mean subtraction λ_max stays O(1) and above "
        "the lower bound ρα(κ1 − κ2).", order=21.0)
 def claim_fig1(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[100, 200, 400, 800], paper=[100, 200, 400, 800, 1600])
     seeds = ctx.pick(smoke=2, quick=6, paper=100)
     frames = []
@@ -183,9 +209,8 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
     ok = True
     lines = {}
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, norms=["none", "last-mean"])
-        grid = [{"width": M, "samples": M} for M in widths]
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, grid, seeds, 20 + j), name=f"K-fig1-{act}")
+        base, df = _sweep_setting(ctx, "K-fig1", (act, sw2, sb2), _width_grid(widths, samples_equal_width=True),
+                                  seeds, 20 + j, norms=["none", "last-mean"])
         frames.append(df)
         th_none = {M: _theory({**base, "width": M, "samples": M}, "none") for M in widths}
         th_ms = {M: _theory({**base, "width": M, "samples": M}, "last-mean") for M in widths}
@@ -198,22 +223,18 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
         frac_above = float((df[df.norm_used == "last-mean"]["lambda_max"] >= lower).mean())
         r_none = float(none["mean"].iloc[-1] / th_none[widths[-1]]["lambda_max"])
         measured[act] = {"slope_without": slope_none, "slope_with_mean_subtraction": slope_ms,
-                         "lambda_max_with_at_M": dict(zip(map(int, ms["width"]), map(float, ms["mean"]))),
-                         "lambda_max_without_at_M": dict(zip(map(int, none["width"]), map(float, none["mean"]))),
+                         "lambda_max_with_at_M": _by_width(ms), "lambda_max_without_at_M": _by_width(none),
                          "lower_bound": lower, "fraction_of_seeds_above_bound": frac_above,
                          "without_over_thm22_at_M_max": r_none}
         ok &= 0.85 <= slope_none <= 1.15 and abs(slope_ms) <= 0.25 and frac_above == 1.0
         lines[f"Thm 2.2 {act}"] = (widths, [th_none[M]["lambda_max"] for M in widths])
         lines[f"Thm 3.3 bound {act}"] = (widths, [lower] * len(widths))
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "lambda_max", ctx.figure_path("K-fig1"), by=["activation", "norm_used"],
-                       theory=lines, title=f"Fig. 1: λ_max, T = M ({seeds} seeds)", xlabel="M = T")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-fig1", frames, "lambda_max", ok, measured, data_key="fig1", by=["activation", "norm_used"],
+        theory=lines, title=f"Fig. 1: λ_max, T = M ({seeds} seeds)", xlabel="M = T",
         expected={"slope_without": "in [0.85, 1.15]", "slope_with_mean_subtraction": "|slope| <= 0.25",
                   "mean_subtracted_above_lower_bound": "every seed"},
         settings={"widths": widths, "T": "= M", "seeds": seeds, "L": 3, "C": 1, "settings": FIG1_SETTINGS},
-        figures=[fig], data={"fig1": data},
         notes="Both placements are computed on the same network and batch (one dual, two output "
         "projections). The paper's upper bound is O(√M) with an unknown constant and is not judged.")
 
@@ -225,16 +246,13 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
        statement="With last-layer mean subtraction and T >= 2 fixed, λ_max ∼ α(κ1 − κ2)M/T and "
        "m_λ ∼ (1 − 1/T)(κ1 − κ2)C/M.", order=22.0)
 def claim_thm33(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[250, 500, 1000, 2000, 4000], paper=[500, 1000, 2000, 4000, 8000])
     T = 5
     seeds = ctx.pick(smoke=2, quick=4, paper=20)
     frames, measured, ok, lines = [], {}, True, {}
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, samples=T, norms=["last-mean"])
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, [{"width": M} for M in widths], seeds, 30 + j),
-                       name=f"K-thm3.3-{act}")
+        base, df = _sweep_setting(ctx, "K-thm3.3", (act, sw2, sb2), _width_grid(widths), seeds, 30 + j,
+                                  samples=T, norms=["last-mean"])
         th = {M: _theory({**base, "width": M}, "last-mean", regime="fixed-T") for M in widths}
         df["lambda_ratio"] = [r.lambda_max / th[r.width]["lambda_max"] for r in df.itertuples()]
         df["m_ratio"] = [r.m_lambda / th[r.width]["m_lambda"] for r in df.itertuples()]
@@ -242,20 +260,17 @@ def claim_thm33(ctx: ClaimContext) -> ClaimResult:
         lr = _means(df, "lambda_ratio", ["width"])
         mr = _means(df, "m_ratio", ["width"])
         dev = (lr["mean"] - 1).abs().to_numpy()
-        measured[act] = {"lambda_max_over_theory": dict(zip(map(int, lr["width"]), map(float, lr["mean"]))),
+        measured[act] = {"lambda_max_over_theory": _by_width(lr),
                          "m_lambda_over_theory_at_M_max": float(mr["mean"].iloc[-1]),
                          "kappa1_minus_kappa2": th[widths[0]]["kappa1"] - th[widths[0]]["kappa2"]}
         ok &= dev[-1] < 0.15 and dev[-1] < dev[0] and abs(mr["mean"].iloc[-1] - 1) < 0.10
         lines[f"Thm 3.3 (17) {act}"] = (widths, [th[M]["lambda_max"] for M in widths])
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "lambda_max", ctx.figure_path("K-thm3.3"), by=["activation"], theory=lines,
-                       title=f"Thm 3.3(i): mean subtraction, T = {T} ({seeds} seeds)", xlabel="M")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-thm3.3", frames, "lambda_max", ok, measured, data_key="thm33", theory=lines,
+        title=f"Thm 3.3(i): mean subtraction, T = {T} ({seeds} seeds)", xlabel="M",
         expected={"lambda_max_over_theory": "→ 1: within 15% at the largest M and closer to 1 than at the "
                   "smallest", "m_lambda_over_theory": "within 10% at the largest M"},
-        settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1}, figures=[fig],
-        data={"thm33": data},
+        settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1},
         notes="The correction to (17) is O(M^{1/2}) (S.31) against a leading O(M/T), so the ratio approaches 1 "
         "from above like T/√M.")
 
@@ -268,15 +283,12 @@ def claim_thm33(ctx: ClaimContext) -> ClaimResult:
        "ρα(Q2/Q1)(κ1 − κ2) <= λ_max <= √(Q2α²ρ(κ1 − κ2)²M) up to non-negative constants, with "
        "Q1 = Σ_k σ_k⁻², Q2 = Σ_k σ_k⁻⁴.", order=23.0)
 def claim_eq19(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[100, 200, 400, 800], paper=[200, 400, 800, 1600])
     seeds = ctx.pick(smoke=2, quick=4, paper=20)
     frames, measured, ok = [], {}, True
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, norms=["last-bn"])
-        grid = [{"width": M, "samples": M} for M in widths]
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, grid, seeds, 40 + j), name=f"K-eq19-{act}")
+        base, df = _sweep_setting(ctx, "K-eq19", (act, sw2, sb2), _width_grid(widths, samples_equal_width=True),
+                                  seeds, 40 + j, norms=["last-bn"])
         ths = [_theory({**base, "width": r.width, "samples": r.width}, "last-bn", {"Q1": r.Q1, "Q2": r.Q2})
                for r in df.itertuples()]
         df["m_ratio"] = [r.m_lambda / t["m_lambda"] for r, t in zip(df.itertuples(), ths)]
@@ -291,17 +303,14 @@ def claim_eq19(ctx: ClaimContext) -> ClaimResult:
         measured[act] = {"m_lambda_over_theory_at_M_max": float(mr["mean"].iloc[-1]),
                          "fraction_above_lower_bound": above, "fraction_below_upper_leading": below_upper,
                          "loglog_slope_lambda_max": slope,
-                         "lambda_max_at_M": dict(zip(map(int, lam["width"]), map(float, lam["mean"])))}
+                         "lambda_max_at_M": _by_width(lam)}
         ok &= abs(mr["mean"].iloc[-1] - 1) < 0.10 and above == 1.0 and slope < 0.5
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "lambda_max", ctx.figure_path("K-eq19"), by=["activation"],
-                       title=f"eq. (19): last-layer BN, T = M ({seeds} seeds)", xlabel="M = T")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-eq19", frames, "lambda_max", ok, measured, data_key="eq19",
+        title=f"eq. (19): last-layer BN, T = M ({seeds} seeds)", xlabel="M = T",
         expected={"m_lambda_over_theory": "within 10% at the largest M", "lambda_max": ">= lower bound (every "
                   "seed); grows slower than √M (log-log slope < 1/2)"},
-        settings={"widths": widths, "T": "= M", "seeds": seeds, "L": 3, "C": 1}, figures=[fig],
-        data={"eq19": data},
+        settings={"widths": widths, "T": "= M", "seeds": seeds, "L": 3, "C": 1},
         notes="Q1, Q2 use the measured σ_k(θ) of each network, as the paper's formula does. The exact trace "
         "carries a (1 − 2/T) factor, negligible at T = M.")
 
@@ -313,33 +322,26 @@ def claim_eq19(ctx: ClaimContext) -> ClaimResult:
        statement="In a non-centered network the eigenvectors of λ_max are asymptotically E[∇θ f_k].",
        order=24.0)
 def claim_thm31(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[50, 100, 200, 400, 800, 1600], paper=[100, 200, 400, 800, 1600, 3200])
     T = 20
     seeds = ctx.pick(smoke=2, quick=3, paper=10)
     frames, measured, ok = [], {}, True
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, samples=T, norms=["none"], vectors=True)
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, [{"width": M} for M in widths], seeds, 50 + j),
-                       name=f"K-thm3.1-{act}")
+        _, df = _sweep_setting(ctx, "K-thm3.1", (act, sw2, sb2), _width_grid(widths), seeds, 50 + j,
+                               samples=T, norms=["none"], vectors=True)
         df["one_minus_cos"] = 1.0 - df["top_cosine"].astype(float)
         frames.append(df)
         s = _means(df, "one_minus_cos", ["width"])
         c = _means(df, "top_cosine", ["width"])
         slope = _slope(s["width"], s["mean"])
-        measured[act] = {"cosine_at_M": dict(zip(map(int, c["width"]), map(float, c["mean"]))),
+        measured[act] = {"cosine_at_M": _by_width(c),
                          "loglog_slope_one_minus_cos": slope}
         ok &= slope < -0.5 and float(c["mean"].iloc[-1]) > 0.99
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "one_minus_cos", ctx.figure_path("K-thm3.1"), by=["activation"],
-                       title=f"Thm 3.1: 1 − cos(top eigenvector, E[∇f]), T = {T}", xlabel="M",
-                       ylabel="1 − cosine")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-thm3.1", frames, "one_minus_cos", ok, measured, data_key="thm31",
+        title=f"Thm 3.1: 1 − cos(top eigenvector, E[∇f]), T = {T}", xlabel="M", ylabel="1 − cosine",
         expected={"cosine": "→ 1: > 0.99 at the largest M", "1 − cos": "decays (log-log slope < −1/2)"},
-        settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1}, figures=[fig],
-        data={"thm31": data},
+        settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1},
         notes="(S.16): F E[∇f] = λ_max E[∇f] + O(M^{1/2−q*}) against O(M^{1/2}) leading term; with q* = 1/2 the "
         "residual angle² shrinks like 1/M.")
 
@@ -351,16 +353,13 @@ def claim_thm31(ctx: ClaimContext) -> ClaimResult:
        statement="With batch norm in every hidden layer and a non-negative activation, "
        "λ_max >= α_{L−1}((T−1)/T q̂_st,BN + q̂_t,BN/T) M: λ_max stays O(M).", order=25.0)
 def claim_thm34(ctx: ClaimContext) -> ClaimResult:
-    from normfield.fisher.plots import plot_scaling
-
     widths = ctx.pick(smoke=[16, 32], quick=[100, 200, 400, 800], paper=[200, 400, 800, 1600])
     T = ctx.pick(smoke=6, quick=10, paper=20)
     seeds = ctx.pick(smoke=2, quick=4, paper=10)
     frames, measured, ok, lines = [], {}, True, {}
     for j, (act, sw2, sb2) in enumerate((("relu", 2.0, 0.0), ("sigmoid", 2.0, 0.0))):
-        base = _base(act, sw2, sb2, samples=T, norms=["middle-bn"])
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, [{"width": M} for M in widths], seeds, 60 + j),
-                       name=f"K-thm3.4-{act}")
+        base, df = _sweep_setting(ctx, "K-thm3.4", (act, sw2, sb2), _width_grid(widths), seeds, 60 + j,
+                                  samples=T, norms=["middle-bn"])
         th = {M: _theory({**base, "width": M}, "middle-bn") for M in widths}
         df["lower"] = [th[r.width]["lambda_max_lower"] for r in df.itertuples()]
         frames.append(df)
@@ -372,15 +371,12 @@ def claim_thm34(ctx: ClaimContext) -> ClaimResult:
                          "qhat_t_bn": th[widths[0]]["qhat_t_bn"], "qhat_st_bn": th[widths[0]]["qhat_st_bn"]}
         ok &= 0.85 <= slope <= 1.15 and above == 1.0
         lines[f"Thm 3.4 bound {act}"] = (widths, [th[M]["lambda_max_lower"] for M in widths])
-    data = pd.concat(frames, ignore_index=True)
-    fig = plot_scaling(data, "width", "lambda_max", ctx.figure_path("K-thm3.4"), by=["activation"], theory=lines,
-                       title=f"Thm 3.4: BN in hidden layers, T = {T} ({seeds} seeds)", xlabel="M")
-    return ClaimResult(
-        verdict=_verdict(ok), measured=measured,
+    return _scaling_result(
+        ctx, "K-thm3.4", frames, "lambda_max", ok, measured, data_key="thm34", theory=lines,
+        title=f"Thm 3.4: BN in hidden layers, T = {T} ({seeds} seeds)", xlabel="M",
         expected={"loglog_slope": "in [0.85, 1.15]", "lambda_max": ">= the bound (every seed)"},
         settings={"widths": widths, "T": T, "seeds": seeds, "L": 3, "C": 1,
                   "activations": ["relu (2, 0)", "sigmoid (2, 0)"]},
-        figures=[fig], data={"thm34": data},
         notes="Exact dual by the general route (full-batch VJPs through the batch statistics). q̂_BN are the "
         "diagonal/off-diagonal of the BN fixed point G* (Joudaki et al. eq. 10), exact for any activation.")
 
@@ -477,9 +473,8 @@ def claim_figS1(ctx: ClaimContext) -> ClaimResult:
     seeds = ctx.pick(smoke=3, quick=40, paper=100)
     frames, measured, ok = [], {}, True
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
-        base = _base(act, sw2, sb2, samples=T, norms=["none"])
-        df = ctx.sweep(fisher_cell, _cells(ctx, base, [{"width": M} for M in widths], seeds, 80 + j),
-                       name=f"K-figS1-{act}")
+        _, df = _sweep_setting(ctx, "K-figS1", (act, sw2, sb2), _width_grid(widths), seeds, 80 + j,
+                               samples=T, norms=["none"])
         frames.append(df)
         s = df.groupby("width", sort=True)["qtilde_st_01_l1"].std(ddof=1).reset_index()
         x = np.log(s["width"].to_numpy(float))
@@ -488,7 +483,7 @@ def claim_figS1(ctx: ClaimContext) -> ClaimResult:
         # standard error ≈ 1/√(2(n−1)); the least-squares slope's SE is that / √Σ(x − x̄)²; 3 SE.
         se = (1.0 / math.sqrt(2 * (seeds - 1))) / math.sqrt(float(np.sum((x - x.mean()) ** 2)))
         measured[act] = {"loglog_slope_std": slope, "tolerance": 3 * se,
-                         "std_at_M": dict(zip(map(int, s["width"]), map(float, s["qtilde_st_01_l1"])))}
+                         "std_at_M": _by_width(s, "qtilde_st_01_l1")}
         ok &= abs(slope + 0.5) <= 3 * se
     data = pd.concat(frames, ignore_index=True)
     std = data.groupby(["activation", "width"])["qtilde_st_01_l1"].std(ddof=1).rename("std_qtilde").reset_index()

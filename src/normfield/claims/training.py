@@ -188,11 +188,24 @@ def _val(metrics: pd.DataFrame, bn: bool, epoch: int, col: str) -> float:
     return float(m[col].iloc[0]) if len(m) else math.nan
 
 
-@claim("J-fig6", title="BN keeps the penultimate Gram spectrum concentrated during training",
-       paper="Joudaki et al. 2023", reference="Sec. 6.2, Fig. 6",
-       statement="The log-eigenvalues of the penultimate-layer Gram matrix are more concentrated around their "
-                 "mean with batch normalization than without, at initialization and at the end of training.",
-       order=60.0)
+def _bn_claim(claim_id: str, figure: int, *, title: str, statement: str, order: float):
+    """Register one of the J-fig6/7/8 claims (Joudaki et al. 2023, Sec. 6.2, Fig. ``figure``)."""
+    return claim(claim_id, title=title, paper="Joudaki et al. 2023", reference=f"Sec. 6.2, Fig. {figure}",
+                 statement=statement, order=order)
+
+
+def _bn_result(ok: bool, settings: dict, figure: Any, data: dict[str, pd.DataFrame], *, measured: dict,
+               expected: Any, notes: str) -> ClaimResult:
+    """A J-fig6/7/8 result: the shared data note (``_BN_NOTE``) comes before the claim's own ``notes``."""
+    return ClaimResult(verdict="PASS" if ok else "FAIL", measured=measured, expected=expected, settings=settings,
+                       figures=[figure], data=data, notes=_BN_NOTE.format(**settings) + notes)
+
+
+@_bn_claim("J-fig6", 6, title="BN keeps the penultimate Gram spectrum concentrated during training",
+           statement="The log-eigenvalues of the penultimate-layer Gram matrix are more concentrated around "
+                     "their mean with batch normalization than without, at initialization and at the end of "
+                     "training.",
+           order=60.0)
 def j_fig6(ctx: ClaimContext) -> ClaimResult:
     from normfield.train.plots import plot_gram_spectra
 
@@ -203,28 +216,24 @@ def j_fig6(ctx: ClaimContext) -> ClaimResult:
     ok = spread[f"BN_epoch0"] < spread["noBN_epoch0"] and spread[f"BN_epoch{last}"] < spread[f"noBN_epoch{last}"]
     fig = plot_gram_spectra(eig, ctx.figure_path("J-fig6_gram_spectra"))
     per_epoch = metrics[["batchnorm", "epoch", "log_eig_std"]].dropna()
-    return ClaimResult(
-        verdict="PASS" if ok else "FAIL",
+    return _bn_result(
+        ok, settings, fig, {"bn_metrics": metrics, "bn_gram_eigenvalues": eig},
         measured={"log_eig_std": spread,
                   "log_eig_std_per_epoch": {f"{'BN' if r.batchnorm else 'noBN'}_epoch{int(r.epoch)}": r.log_eig_std
                                             for r in per_epoch.itertuples()}},
         expected="std of log λ_i(G_penultimate) smaller with BN than without, at epoch 0 and at the last epoch",
-        settings=settings, figures=[fig], data={"bn_metrics": metrics, "bn_gram_eigenvalues": eig},
-        notes=_BN_NOTE.format(**settings) + "Spread = standard deviation of log λ_i over the n = 128 eigenvalues "
+        notes="Spread = standard deviation of log λ_i over the n = 128 eigenvalues "
         "of G = H Hᵀ/d on a fixed batch (batch statistics); eigenvalues are floored at 1e-15·λ_max.",
     )
 
 
-@claim("J-fig7", title="BN starts near the uniform class prior",
-       paper="Joudaki et al. 2023", reference="Sec. 6.2, Fig. 7",
-       statement="At initialization the entropy of the predicted classes, −Σ p_c log2 p_c, is close to its "
-                 "maximum log2 C with batch normalization and markedly lower without.",
-       order=61.0)
+@_bn_claim("J-fig7", 7, title="BN starts near the uniform class prior",
+           statement="At initialization the entropy of the predicted classes, −Σ p_c log2 p_c, is close to its "
+                     "maximum log2 C with batch normalization and markedly lower without.",
+           order=61.0)
 def j_fig7(ctx: ClaimContext) -> ClaimResult:
-    from normfield.train.bn_mlp import entropy_at_init_theory
+    from normfield.train.bn_mlp import entropy_at_init_theory, init_entropy_cell
     from normfield.train.plots import plot_entropy
-
-    from normfield.train.bn_mlp import init_entropy_cell
 
     metrics, eig, settings = _bn_runs(ctx)
     C = int(metrics["num_classes"].iloc[0])
@@ -250,8 +259,8 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
     ok = agrees and marked
     fig = plot_entropy(metrics, ctx.figure_path("J-fig7_class_entropy"), num_classes=C)
     last = int(metrics["epoch"].max())
-    return ClaimResult(
-        verdict="PASS" if ok else "FAIL",
+    return _bn_result(
+        ok, settings, fig, {"bn_metrics": metrics, "init_entropies": inits},
         measured={"entropy_init_BN": h_bn, "entropy_init_noBN": h_no, "log2_C": hmax,
                   "initializations": R, "entropy_init_BN_mean": float(hb.mean()),
                   "entropy_init_noBN_mean": float(hn.mean()),
@@ -263,8 +272,7 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
         expected={"entropy_init_BN_mean": "within 3 sd/√R (+3 MC s.e.) of the mean-field prediction from the "
                                           "BN fixed point G* (eq. 10), i.e. as near log2 C as theory allows",
                   "entropy_init_BN_mean - entropy_init_noBN_mean": ">= 3 sd (markedly higher than without BN)"},
-        settings=settings, figures=[fig], data={"bn_metrics": metrics, "init_entropies": inits},
-        notes=_BN_NOTE.format(**settings) + "Predictions: argmax of the logits on the whole evaluation set, "
+        notes="Predictions: argmax of the logits on the whole evaluation set, "
         "computed in mini-batches of 128 with batch statistics (as in training). 'Near log2 C' is made "
         "quantitative by the mean-field law of the entropy (normfield.train.bn_mlp.entropy_at_init_theory): "
         "ReLU outputs are non-negative, so G* has off-diagonal b*c* > 0 (its large eigenvalue on 1_n, "
@@ -274,10 +282,8 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
     )
 
 
-@claim("J-fig8", title="BN makes the training loss fall faster",
-       paper="Joudaki et al. 2023", reference="Sec. 6.2, Fig. 8",
-       statement="With batch normalization the training loss decreases faster than without.",
-       order=62.0)
+@_bn_claim("J-fig8", 8, title="BN makes the training loss fall faster",
+           statement="With batch normalization the training loss decreases faster than without.", order=62.0)
 def j_fig8(ctx: ClaimContext) -> ClaimResult:
     from normfield.train.plots import plot_loss
 
@@ -287,16 +293,15 @@ def j_fig8(ctx: ClaimContext) -> ClaimResult:
     ok = bool(epochs) and all(drop[True][e] > drop[False][e] for e in epochs)
     last = epochs[-1] if epochs else 0
     fig = plot_loss(metrics, ctx.figure_path("J-fig8_training_loss"))
-    return ClaimResult(
-        verdict="PASS" if ok else "FAIL",
+    return _bn_result(
+        ok, settings, fig, {"bn_metrics": metrics},
         measured={"loss_init_BN": _val(metrics, True, 0, "loss"), "loss_init_noBN": _val(metrics, False, 0, "loss"),
                   "loss_end_BN": _val(metrics, True, last, "loss"), "loss_end_noBN": _val(metrics, False, last, "loss"),
                   "loss_drop_BN": drop[True].get(last, math.nan), "loss_drop_noBN": drop[False].get(last, math.nan),
                   "epochs_BN_drop_larger": int(sum(drop[True][e] > drop[False][e] for e in epochs)),
                   "epochs": len(epochs)},
         expected="the loss drop from initialization, L(0) − L(e), is larger with BN at every epoch e >= 1",
-        settings=settings, figures=[fig], data={"bn_metrics": metrics},
-        notes=_BN_NOTE.format(**settings) + "Loss: cross-entropy on the evaluation set (the whole training split "
+        notes="Loss: cross-entropy on the evaluation set (the whole training split "
         "at quick scale), batch statistics. The drop from initialization is compared because the two "
         "networks start from different losses.",
     )

@@ -49,7 +49,7 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from normfield.core.validation import check_int
+    from normfield.core.validation import check_device, check_int
     from normfield.fisher.dual import fisher_spectrum
     from normfield.fisher.networks import MLPConfig
     from normfield.fisher.theory import fisher_theory
@@ -68,15 +68,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             argument="--outputs")
     seeds = check_int("--seeds", args.seeds, minimum=1)
     seed = check_int("--seed", args.seed, minimum=0)
-    device = args.device
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
-                                 argument="--device")
-    elif device != "cpu":
-        raise NormfieldError(f"--device must be cpu or cuda, got {device!r}", argument="--device")
+    device = check_device("--device", args.device)
     df = fisher_spectrum(cfg, seeds=seeds, seed=seed, dtype=args.dtype, device=device, route=args.route,
                          progress=(seeds > 1 and not args.json))
     # theory, per seed where it uses measured output statistics, then averaged

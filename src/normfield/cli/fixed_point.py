@@ -15,6 +15,14 @@ def add_activation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slope", type=float, default=None, help="leaky_relu slope (default 0.01)")
 
 
+def add_activation_parser(sub: argparse._SubParsersAction, name: str, *, help: str,
+                          description: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, with ``--activation``/``--slope`` (:func:`add_activation_args`)."""
+    p = sub.add_parser(name, help=help, description=description)
+    add_activation_args(p)
+    return p
+
+
 def resolve_activation(args: argparse.Namespace):
     from normfield.core.activations import get_activation
     from normfield.errors import NormfieldError
@@ -32,10 +40,9 @@ def resolve_activation(args: argparse.Namespace):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fixed-point", help="the batch-norm fixed point G* (Joudaki eq. 10)",
-                       description="Exact b* (diagonal), off-diagonal entry, eigenvalues and condition "
-                       "number of the BN mean-field fixed point G* = b*((1-c*)I + c*11^T) for a batch of n.")
-    add_activation_args(p)
+    p = add_activation_parser(sub, "fixed-point", help="the batch-norm fixed point G* (Joudaki eq. 10)",
+                              description="Exact b* (diagonal), off-diagonal entry, eigenvalues and condition "
+                              "number of the BN mean-field fixed point G* = b*((1-c*)I + c*11^T) for a batch of n.")
     p.add_argument("--batch", required=True, type=int, help="batch size n >= 2")
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -6,14 +6,14 @@ import argparse
 from typing import Any
 
 from normfield.cli._common import add_json_flag, format_table, parse_float_list
-from normfield.cli.fixed_point import add_activation_args, resolve_activation
+from normfield.cli.fixed_point import add_activation_parser, resolve_activation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("order-params", help="order parameters q, q-hat, q-tilde and kappa1, kappa2 (Karakida eqs. 5-7, 11)",
-                       description="Forward (q, q-hat) and backward (q-tilde) order parameters of a wide random "
-                       "MLP and the constants kappa1, kappa2, alpha of Karakida et al. 2019, Theorem 2.2.")
-    add_activation_args(p)
+    p = add_activation_parser(
+        sub, "order-params", help="order parameters q, q-hat, q-tilde and kappa1, kappa2 (Karakida eqs. 5-7, 11)",
+        description="Forward (q, q-hat) and backward (q-tilde) order parameters of a wide random "
+        "MLP and the constants kappa1, kappa2, alpha of Karakida et al. 2019, Theorem 2.2.")
     p.add_argument("--sw2", required=True, type=float, help="weight variance sigma_w^2 > 0")
     p.add_argument("--sb2", required=True, type=float, help="bias variance sigma_b^2 >= 0")
     p.add_argument("--depth", required=True, type=int, help="number of weight layers L >= 2")

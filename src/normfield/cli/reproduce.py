@@ -18,30 +18,27 @@ from normfield.cli._common import add_json_flag, format_table
 from normfield.errors import NormfieldError
 
 
-def _positive_int(flag: str):
+def _int_at_least(flag: str, minimum: int, kind: str):
+    """An argparse ``type``: an integer >= ``minimum``; ``kind`` says what is expected when ``text``
+    is not an integer (e.g. ``"a positive integer"``)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {v}")
+            raise argparse.ArgumentTypeError(f"{flag} must be {kind}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {v}")
         return v
 
     return parse
+
+
+def _positive_int(flag: str):
+    return _int_at_least(flag, 1, "a positive integer")
 
 
 def _nonneg_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 0, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 0, got {v}")
-        return v
-
-    return parse
+    return _int_at_least(flag, 0, "an integer >= 0")
 
 
 def _positive_float(flag: str):

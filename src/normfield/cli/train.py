@@ -27,18 +27,6 @@ def _int_list(name: str, text: str) -> list[int]:
     return out
 
 
-def _check_device(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
-                                 argument="--device")
-    elif device != "cpu":
-        raise NormfieldError(f"--device must be cpu or cuda, got {device!r}", argument="--device")
-    return device
-
-
 def _writable_dir(flag: str, path: str) -> Path:
     p = Path(path)
     try:
@@ -111,10 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from normfield.core.validation import check_int
+    from normfield.core.validation import check_device, check_int
     from normfield.train.lr_grid import LR_GRID_NORMS, log_lrs, lr_grid, summarize_lr_grid
 
-    device = _check_device(args.device)
+    device = check_device("--device", args.device)
     widths = _int_list("--widths", args.widths)
     lrs = parse_float_list("--lrs", args.lrs) if args.lrs else log_lrs(args.lr_min, args.lr_max, args.per_decade)
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
@@ -165,11 +153,12 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 
 def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    from normfield.core.validation import check_device
     from normfield.train.bn_mlp import BNMLPConfig, entropy_at_init_theory, train_bn_mlp
     from normfield.train.data import load_dataset
     from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss
 
-    device = _check_device(args.device)
+    device = check_device("--device", args.device)
     cifar = args.data_dir is not None
     epochs = args.epochs if args.epochs is not None else (50 if cifar else 15)
     width = args.width if args.width is not None else (1000 if cifar else 256)

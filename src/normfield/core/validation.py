@@ -4,6 +4,7 @@ naming the argument and the accepted range, never a NaN later on."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -18,6 +19,7 @@ __all__ = [
     "check_psd",
     "check_memory",
     "check_batch_for_norm",
+    "check_device",
 ]
 
 #: Default cap on a single allocation, in bytes (overridable by env NORMFIELD_MAX_BYTES).
@@ -148,3 +150,37 @@ def check_batch_for_norm(name: str, n: Any, norm: str) -> int:
             argument=name,
         )
     return n
+
+
+def check_device(name: str, value: Any, *, as_torch: bool = False, check_available: bool = True) -> Any:
+    """Return the device ``value`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``), or raise naming ``name``.
+
+    Args:
+        name: the argument named in the error, e.g. ``"device"`` or ``"--device"``.
+        value: a device string or a :class:`torch.device`.
+        as_torch: return a :class:`torch.device` instead of the string.
+        check_available: refuse ``cuda`` when this process sees no CUDA device (off where the
+            device is checked on behalf of remote workers).
+
+    Raises:
+        NormfieldError: ``value`` is not cpu or cuda, or cuda is asked for but not available.
+    """
+    text = value
+    if not isinstance(value, str):
+        import torch
+
+        text = str(value) if isinstance(value, torch.device) else None
+    if text is None or not (text == "cpu" or re.fullmatch(r"cuda(:\d+)?", text)):
+        raise NormfieldError(f"{name} must be cpu or cuda (or cuda:N), got {value!r}", argument=name)
+    if check_available and text != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            use = f"{name} cpu" if name.startswith("-") else f"{name}='cpu'"
+            raise NormfieldError(f"{name} cuda asked for, but no CUDA device is available; use {use}",
+                                 argument=name)
+    if as_torch:
+        import torch
+
+        return torch.device(text)
+    return text

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from normfield.core.activations import Activation, get_activation
-from normfield.core.validation import check_choice, check_float, check_int, check_memory
+from normfield.core.validation import check_choice, check_device, check_float, check_int, check_memory
 from normfield.errors import NormfieldError
 
 __all__ = ["NORMS", "MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "make_generator"]
@@ -200,12 +200,7 @@ def _resolve(dtype: torch.dtype | str, device: str | torch.device) -> tuple[torc
         dtype = getattr(torch, dtype)
     if dtype not in (torch.float64, torch.float32):
         raise NormfieldError(f"dtype must be float64 or float32, got {dtype}", argument="dtype")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NormfieldError("device cuda asked for, but no CUDA device is available; use cpu", argument="device")
-    if dev.type not in ("cpu", "cuda"):
-        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
-    return dtype, dev
+    return dtype, check_device("device", device, as_torch=True)
 
 
 def init_mlp(

@@ -51,6 +51,7 @@ from normfield.core.activations import Activation, get_activation
 from normfield.core.validation import (
     check_batch_for_norm,
     check_choice,
+    check_device,
     check_finite_array,
     check_float,
     check_int,
@@ -243,19 +244,6 @@ def _make_inputs(
     return h.transpose(-1, -2).to(dtype=dtype, device=device).contiguous()
 
 
-def _resolve_device(device: str) -> str:
-    if not isinstance(device, str):
-        device = str(device)
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NormfieldError("device cuda asked for, but no CUDA device is available; use cpu",
-                                 argument="device")
-        return device
-    if device != "cpu":
-        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
-    return device
-
-
 def simulate_chain(
     activation: str | Activation,
     width: int,
@@ -322,7 +310,7 @@ def simulate_chain(
     eps = check_float("eps", eps, minimum=0.0)
     degeneracy = check_float("degeneracy", degeneracy, minimum=0.0)
     dt = _DTYPES[check_choice("dtype", dtype, tuple(_DTYPES))]
-    device = _resolve_device(device)
+    device = check_device("device", device)
     if isinstance(inputs, str):
         check_choice("inputs", inputs, INPUTS)
     if record_layers is None:

@@ -50,7 +50,7 @@ import torch
 
 from normfield.core.activations import Activation, ActivationLike, get_activation
 from normfield.core.kernels import kernel
-from normfield.core.validation import check_choice, check_int, check_memory, check_psd
+from normfield.core.validation import check_choice, check_device, check_int, check_memory, check_psd
 from normfield.errors import NormfieldError
 
 __all__ = ["gram_map", "gram_map_mc", "mean_field_trajectory", "NORMS"]
@@ -255,11 +255,7 @@ def gram_map_mc(
     N = check_int("samples", samples, minimum=2)
     chunk = check_int("chunk", chunk, minimum=1)
     check_memory("samples", 8.0 * min(N, chunk) * n * (n + 2), hint="lower chunk")
-    if not (device == "cpu" or str(device).startswith("cuda")):
-        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="device")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise NormfieldError("device cuda asked for, but no CUDA device is available; use device='cpu'",
-                             argument="device")
+    check_device("device", device)
     if isinstance(seed, torch.Generator):
         gen = seed
     else:

@@ -215,16 +215,29 @@ def _resolve_executor(
     return executor
 
 
-def _check_device(device: str, remote: bool) -> str:
-    if not isinstance(device, str) or not (device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device)):
-        raise NormfieldError(f"--device must be cpu or cuda (or cuda:N), got {device!r}", argument="--device")
-    if device.startswith("cuda") and not remote:
-        import torch
+def _check_options(
+    executor: str | None,
+    scheduler: str | None,
+    dask_local: int | None,
+    workers: int | None,
+    threads: int,
+    timeout: float,
+    device: str,
+    *,
+    threads_name: str,
+) -> tuple[str, int, float, str]:
+    """Validate the executor options shared by :func:`prepare_executor` and :func:`run_sweep`.
 
-        if not torch.cuda.is_available():
-            raise NormfieldError("--device cuda asked for, but no CUDA device is available; use --device cpu",
-                                 argument="--device")
-    return device
+    Returns ``(executor, threads, timeout, device)``; CUDA availability is only checked
+    here when the cells run in this process or its local workers (not on a scheduler).
+    """
+    from normfield.core.validation import check_device, check_float, check_int
+
+    threads = check_int(threads_name, threads, minimum=0, maximum=1024)
+    timeout = check_float("timeout", timeout, minimum=0.0, strict_min=True)
+    ex = _resolve_executor(executor, scheduler, dask_local, workers)
+    device = check_device("--device", device, check_available=scheduler is None)
+    return ex, threads, timeout, device
 
 
 def _check_not_bootstrapping(executor: str) -> None:
@@ -347,12 +360,8 @@ def prepare_executor(
     Returns:
         The resolved executor name.
     """
-    from normfield.core.validation import check_float, check_int
-
-    threads = check_int("--threads", threads, minimum=0, maximum=1024)
-    timeout = check_float("timeout", timeout, minimum=0.0, strict_min=True)
-    ex = _resolve_executor(executor, scheduler, dask_local, workers)
-    _check_device(device, remote=scheduler is not None)
+    ex, threads, timeout, _ = _check_options(executor, scheduler, dask_local, workers, threads, timeout, device,
+                                             threads_name="--threads")
     if ex == "dask":
         _dask_client(scheduler, dask_local, threads, timeout)
     return ex
@@ -466,7 +475,6 @@ def run_sweep(
             finished before an error stay cached.
     """
     from normfield._version import __version__
-    from normfield.core.validation import check_float, check_int
     from normfield.runner.cache import ResultCache, canonical_json, cell_key, fn_identity
 
     t0 = time.perf_counter()
@@ -482,10 +490,8 @@ def run_sweep(
         if not isinstance(c, dict):
             raise NormfieldError(f"cells[{i}] must be a dict of settings, got {type(c).__name__}",
                                  argument="cells")
-    threads = check_int("threads", threads, minimum=0, maximum=1024)
-    timeout = check_float("timeout", timeout, minimum=0.0, strict_min=True)
-    ex = _resolve_executor(executor, scheduler, dask_local, workers)
-    device = _check_device(device, remote=scheduler is not None)
+    ex, threads, timeout, device = _check_options(executor, scheduler, dask_local, workers, threads, timeout,
+                                                  device, threads_name="threads")
     full = []
     for c in cells:
         c = dict(c)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from normfield.core.activations import get_activation
-from normfield.core.validation import check_choice, check_float, check_int, check_memory
+from normfield.core.validation import check_choice, check_device, check_float, check_int, check_memory
 from normfield.errors import NormfieldError
 from normfield.train.data import Dataset
 
@@ -377,10 +377,7 @@ def train_bn_mlp(
     from tqdm.auto import tqdm
 
     cfg = config.validated()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NormfieldError("device: cuda asked for, but no CUDA device is available; use cpu", argument="--device")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise NormfieldError(f"device must be cpu or cuda, got {device!r}", argument="--device")
+    check_device("--device", device)
     N, D, C = len(data), data.num_features, data.num_classes
     if N < cfg.batch_size:
         raise NormfieldError(f"batch_size must be <= the number of samples ({N}), got {cfg.batch_size}",

@@ -30,6 +30,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (creating its folder), close it and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _edges(v: np.ndarray) -> np.ndarray:
     """Cell edges on a log axis for sorted positive centres ``v``."""
     lv = np.log10(v)
@@ -88,11 +97,7 @@ def plot_lr_grid(df: pd.DataFrame, path: str | Path, *, explode_at: float = 1e3)
         ax.legend(loc="lower left", fontsize=7)
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes[0]), label="training loss (min over seeds; grey: exploded)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _log_eigs(ev: np.ndarray) -> np.ndarray:
@@ -122,11 +127,7 @@ def plot_gram_spectra(eigs: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(f"penultimate Gram, epoch {ep}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _per_epoch(metrics: pd.DataFrame, column: str, ylabel: str, path: str | Path, *,
@@ -145,11 +146,7 @@ def _per_epoch(metrics: pd.DataFrame, column: str, ylabel: str, path: str | Path
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_entropy(metrics: pd.DataFrame, path: str | Path, *, num_classes: int | None = None) -> Path:

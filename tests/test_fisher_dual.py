@@ -61,6 +61,45 @@ def test_general_route_chunked_equals_unchunked():
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("norm", ["middle-bn", "layer"])
+@pytest.mark.parametrize("chunk,store", [(1, 1), (2, 4), (5, 5), (3, 7), (12, 12)])
+def test_general_route_factor_blocks_equal_unchunked(norm, chunk, store):
+    # the stored-factor path (all CT = 12 outputs at once) against the recompute fallback
+    # (store < CT: blocks of `store` outputs kept, later outputs recomputed in VJP batches of
+    # `chunk`); the same sums in a different order, so agreement to round-off (~1e-15)
+    from normfield.fisher.dual import _dual_general
+
+    cfg, p, X = small_case(norm, "tanh", C=3, T=4)
+    a = _dual_general(p, X, cfg).numpy()
+    b = _dual_general(p, X, cfg, chunk=chunk, store=store).numpy()
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+    np.testing.assert_array_equal(b, b.T)
+
+
+def test_general_plan_follows_the_allocation_cap(monkeypatch):
+    # factors of all CT outputs stored when they fit under NORMFIELD_MAX_BYTES, else blocks of a
+    # multiple of the VJP batch; the result is the same either way (T = 9 > M_0 + 1 = 8 for the
+    # first layer: the factor there is [H, 1] itself, not the QR one)
+    from normfield.fisher.dual import _dual_general, _factor_widths, _general_plan, dual_memory_bytes
+
+    cfg = MLPConfig("relu", 2.0, 0.5, 3, 7, None, 2, 9, "middle-bn")
+    p, X = init_mlp(cfg, 3), sample_inputs(cfg, 4)
+    n = 18
+    assert _factor_widths(cfg, 9) == [(8, 7), (8, 7), (8, 2)]
+    assert _general_plan(cfg, 9, 8, chunk=4) == (4, n)
+    full = _dual_general(p, X, cfg, chunk=4).numpy()
+    J = brute_jacobian(p, X, cfg)
+    np.testing.assert_allclose(full, J @ J.T / 9, rtol=0, atol=TOL * np.abs(full).max())
+    per_row = 8 * (8 * 7 + 8 * 7 + 8 * 2)
+    base = dual_memory_bytes(cfg, 9, "general", 8, chunk=4)
+    monkeypatch.setenv("NORMFIELD_MAX_BYTES", str(int(base + 5 * per_row)))
+    assert _general_plan(cfg, 9, 8, chunk=4) == (4, 8)  # 4 + 5 rows fit -> 9, rounded down to 2 batches
+    part = _dual_general(p, X, cfg, chunk=4).numpy()
+    np.testing.assert_allclose(part, full, rtol=0, atol=1e-12 * np.abs(full).max())
+    monkeypatch.setenv("NORMFIELD_MAX_BYTES", str(int(base)))
+    assert _general_plan(cfg, 9, 8, chunk=4) == (4, 4)  # the least: one stored and one streamed batch
+
+
 def test_fim_eigenvalues_equal_dual_eigenvalues():
     # the P×P FIM F = RRᵀ and the dual RᵀR share their non-zero eigenvalues (S.3)
     cfg, p, X = small_case("last-bn", "tanh", C=2, T=4)

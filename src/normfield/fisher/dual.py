@@ -27,9 +27,13 @@ Two routes build ``F*`` exactly:
   ``n = (k, t)`` we obtain ``D^n_l = ∂f_n/∂U^l`` (T × M_l, all samples) and use
   ``∂f_n/∂W^l = D^nᵀ H_{l-1}``, ``∂f_n/∂b^l = D^nᵀ 1``, so
 
-      F*_{nm} = (1/T) Σ_l Σ_{ab} (D^n_l D^mᵀ_l)_{ab} (H_{l-1}H_{l-1}ᵀ + 1)_{ab}.
+      F*_{nm} = (1/T) Σ_l Σ_{ab} (D^n_l D^mᵀ_l)_{ab} (H_{l-1}H_{l-1}ᵀ + 1)_{ab}
+              = (1/T) Σ_l ⟨Rᵀ_l D^n_l, Rᵀ_l D^m_l⟩_F,   H_{l-1}H_{l-1}ᵀ + 1 = R_l R_lᵀ,
 
-  Cost ``O(CT · L T M²)`` (one backward pass per output).
+  with ``R_l`` of ``r = min(T, M_{l-1}+1)`` columns, so ``F*`` is one syrk-like product of the stored
+  per-output factors per layer.  Cost ``O(CT · L T M²)`` flops (one full-batch backward pass per
+  output: with samples coupled, ``D^n_l`` is dense over all T samples); the fast route's is
+  ``O(L M² T + L M T² C²)``, so the general/fast ratio grows like ``C·T``.
 
 Both are tested against a brute-force autograd Jacobian of the full-batch output.
 """
@@ -129,8 +133,13 @@ def _gram(A: torch.Tensor) -> torch.Tensor:
     return A @ A.T
 
 
-def dual_memory_bytes(config: MLPConfig, T: int | None = None, route: str = "fast", itemsize: int = 8) -> float:
-    """Rough peak memory of building ``F*`` (bytes), used to refuse before allocating."""
+def dual_memory_bytes(config: MLPConfig, T: int | None = None, route: str = "fast", itemsize: int = 8,
+                      chunk: int | None = None) -> float:
+    """Rough peak memory of building ``F*`` (bytes), used to refuse before allocating.
+
+    For the general route this is the least it needs (one VJP batch of ``chunk`` outputs, one stored
+    and one streamed block of their factors); the factors of more outputs are stored as the
+    allocation cap allows (:func:`_general_plan`)."""
     T = config.samples if T is None else T
     C = config.outputs
     sizes = config.layer_sizes
@@ -140,7 +149,9 @@ def dual_memory_bytes(config: MLPConfig, T: int | None = None, route: str = "fas
     if route == "fast":
         big = 3 * n * n + 2 * C * T * max(sizes[1:]) + T * T
     else:
-        big = 3 * n * n + 2 * _general_chunk(config, T) * T * max(sizes[1:]) * 2 + T * T
+        B = max(1, min(n, chunk or _general_batch(config, T, itemsize)))
+        factor = sum(r * m for r, m in _factor_widths(config, T))
+        big = 3 * n * n + B * (4 * T * sum(sizes[1:]) + 2 * factor + n) + T * sum(sizes[:-1])
     return float(itemsize * (acts + weights + big))
 
 
@@ -148,6 +159,19 @@ def _general_chunk(config: MLPConfig, T: int) -> int:
     """Outputs per vmapped VJP batch so one batch of D stays under ~256 MiB."""
     per = 8 * T * sum(config.layer_sizes[1:]) * 3
     return int(max(1, min(config.outputs * T, (256 * 2**20) // max(per, 1))))
+
+
+#: Largest single batched-cotangent tensor (b, T, M_l) of the general route's VJP batches.  Kept
+#: under glibc's largest mmap threshold (32 MiB) so the backward pass's temporaries are reused from
+#: the heap instead of being mapped and page-faulted afresh for every batch (measured at M = T = 400,
+#: middle-bn, 1 thread: 3.7 s of system time in 8.1 s wall with 43 MB tensors, 0.4 s in 5.2 s at 16 MiB).
+GENERAL_BATCH_BYTES = 16 * 2**20
+
+
+def _general_batch(config: MLPConfig, T: int, itemsize: int = 8) -> int:
+    """Outputs per vmapped VJP batch of the general route (see :data:`GENERAL_BATCH_BYTES`)."""
+    per = itemsize * T * max(config.layer_sizes[1:])
+    return int(max(1, min(_general_chunk(config, T), GENERAL_BATCH_BYTES // max(per, 1))))
 
 
 # -- fast route --------------------------------------------------------------------------
@@ -250,8 +274,94 @@ def _project_last(F: torch.Tensor, uL: torch.Tensor, norm: str) -> tuple[torch.T
 
 # -- general route -----------------------------------------------------------------------
 
-def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int | None = None) -> torch.Tensor:
-    """``F*`` by full-batch VJPs with respect to the pre-activations (torch.func)."""
+def _sample_factor(H: torch.Tensor) -> torch.Tensor:
+    """``Rᵀ`` with ``R Rᵀ = K = H Hᵀ + 1`` (T × T), ``R`` of ``r = min(T, M+1)`` columns.
+
+    ``B = [H, 1]`` (T × (M+1)) gives ``K = B Bᵀ`` ((S.8)–(S.9): weight and bias gradients).  For
+    ``T <= M+1`` the QR factorisation ``Bᵀ = Q S`` (``S`` T × T upper triangular) gives
+    ``K = Sᵀ Qᵀ Q S = Sᵀ S``, so ``Rᵀ = S`` (r = T); otherwise ``Rᵀ = Bᵀ`` (r = M+1).  Exact up to
+    round-off (Householder QR is backward stable)."""
+    T, M = H.shape
+    B = torch.cat([H, torch.ones(T, 1, dtype=H.dtype, device=H.device)], 1)
+    if T <= M + 1:
+        return torch.linalg.qr(B.T, mode="r")[1]
+    return B.T.contiguous()
+
+
+def _factor_widths(config: MLPConfig, T: int) -> list[tuple[int, int]]:
+    """``(r_l, M_l)`` of the per-output factor ``Rᵀ_l D^n_l`` of each layer (see :func:`_dual_general`)."""
+    sizes = config.layer_sizes
+    return [(min(T, sizes[l - 1] + 1), sizes[l]) for l in range(1, len(sizes))]
+
+
+def _general_plan(config: MLPConfig, T: int, itemsize: int = 8, chunk: int | None = None,
+                  store: int | None = None) -> tuple[int, int]:
+    """``(B, S)``: outputs per vmapped VJP batch, and outputs whose factors are stored at once.
+
+    The factors of all ``CT`` outputs take ``CT · Σ_l r_l M_l`` numbers; ``S = CT`` (one VJP pass
+    per output) when they fit under the allocation cap of :func:`normfield.core.validation.check_memory`
+    (``NORMFIELD_MAX_BYTES``) on top of :func:`dual_memory_bytes`, else the largest multiple of ``B``
+    that does (the rows after each stored block are then recomputed, see :func:`_dual_general`)."""
+    from normfield.core.validation import _max_bytes
+
+    n = config.outputs * T
+    B = max(1, min(n, chunk or _general_batch(config, T, itemsize)))
+    if store is None:
+        per_row = itemsize * sum(r * m for r, m in _factor_widths(config, T))
+        budget = _max_bytes() - dual_memory_bytes(config, T, "general", itemsize, chunk=B)
+        store = B + int(max(budget, 0) // max(per_row, 1))
+    S = min(n, max(B, int(store)))
+    if S < n:
+        S = max(B, (S // B) * B)
+    return B, S
+
+
+def _factor_product(Rt: torch.Tensor, D: torch.Tensor, out: torch.Tensor, blocks: int = 4) -> None:
+    """``out = Rt @ D`` for a batch ``D`` (b, T, M); when ``Rt`` is the upper-triangular QR factor
+    (square) the zero lower triangle is skipped block-wise (a trmm-like product: (k+1)/2k of the flops
+    for k row blocks)."""
+    r, T = Rt.shape
+    if r != T or T < 2 * blocks:
+        torch.matmul(Rt, D, out=out)
+        return
+    e = [(i * T) // blocks for i in range(blocks + 1)]
+    for i in range(blocks):
+        torch.matmul(Rt[e[i]:e[i + 1], e[i]:], D[:, e[i]:], out=out[:, e[i]:e[i + 1]])
+
+
+def _gram_sym(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """``A Aᵀ`` from the lower block triangle only (a syrk-like product in torch: ~(k+1)/2k of the
+    gemm flops for k row blocks, k ≈ 4 by default; torch's thread pool, any device), mirrored."""
+    n = A.shape[0]
+    block = block or max(64, -(-n // 4))
+    if n <= block:
+        return A @ A.T
+    out = torch.empty(n, n, dtype=A.dtype, device=A.device)
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        blk = A[i0:i1] @ A[:i1].T  # rows i0:i1, columns 0:i1 (one gemm per block row)
+        out[i0:i1, :i1] = blk
+        out[:i0, i0:i1] = blk[:, :i0].T
+    return out
+
+
+def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int | None = None,
+                  store: int | None = None) -> torch.Tensor:
+    """``F*`` by full-batch VJPs with respect to the pre-activations (torch.func).
+
+    Karakida et al. 2019 (S.1)–(S.3) with ``∂f_n/∂W^l = D^nᵀ H_{l-1}``, ``∂f_n/∂b^l = D^nᵀ 1``,
+    ``D^n_l = ∂f_n/∂U^l`` (T × M_l, dense over the samples when they are coupled, (S.56)–(S.60)):
+
+        F*_{nm} = (1/T) Σ_l Σ_{ab} (D^n_l D^mᵀ_l)_{ab} K_{ab} = (1/T) Σ_l ⟨Rᵀ_l D^n_l, Rᵀ_l D^m_l⟩_F,
+
+    with ``K = H_{l-1}H_{l-1}ᵀ + 1 = R_l R_lᵀ`` (:func:`_sample_factor`).  Each output's cotangents
+    come from one vmapped full-batch backward pass (``chunk`` outputs at a time); its compact factor
+    ``Rᵀ_l D^n_l`` (r_l × M_l, ``r_l = min(T, M_{l-1}+1)``) is stored and ``F* = Σ_l G_l G_lᵀ / T``
+    is one syrk-like product per layer.  When the factors of all outputs do not fit under the
+    allocation cap (:func:`_general_plan`; ``store`` overrides the number of stored rows), they are
+    stored ``S`` outputs at a time and the later outputs are recomputed against each stored block
+    (``CT·(CT/S + 1)/2`` backward passes instead of ``CT``).
+    """
     from torch.func import vjp, vmap
 
     T = X.shape[0]
@@ -266,38 +376,46 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
 
     with torch.no_grad():
         _forward(params, X, config, cache=cache)
-    As = []
-    for H in cache["inputs"]:
-        A = _gram(H)
-        A += 1.0
-        As.append(A)
+        Rts = [_sample_factor(H) for H in cache["inputs"]]  # Rᵀ_l: (r_l, T)
+    del cache
     _, vjp_fn = vjp(f_of_E, *zeros)
-    B = chunk or _general_chunk(config, T)
-    eye = torch.eye(n, dtype=X.dtype, device=X.device)
-    blocks = list(range(0, n, B))
+    B, S = _general_plan(config, T, X.element_size(), chunk, store)
+    widths = [(Rt.shape[0], m) for Rt, m in zip(Rts, sizes[1:])]
+    batched = vmap(vjp_fn)
 
-    def D_of(i0: int) -> tuple[torch.Tensor, ...]:
-        return vmap(vjp_fn)(eye[i0:i0 + B])  # each (b, T, M_l)
+    def factors_into(out: list[torch.Tensor], i0: int, b: int) -> None:
+        """Rows ``[i0, i0+b)`` of every layer's factor, written into ``out[l][:b]`` (b, r_l, M_l)."""
+        cot = torch.zeros(b, n, dtype=X.dtype, device=X.device)  # seeds e_n (b × CT: negligible next to D)
+        cot[torch.arange(b, device=X.device), torch.arange(i0, i0 + b, device=X.device)] = 1.0
+        Ds = batched(cot)  # each (b, T, M_l)
+        del cot
+        for G, D, Rt in zip(out, Ds, Rts):
+            _factor_product(Rt, D, G[:b])  # Rᵀ_l D^n_l
 
-    F = torch.zeros(n, n, dtype=X.dtype, device=X.device)
-    if len(blocks) == 1:
-        Ds = D_of(0)
-        for D, A in zip(Ds, As):
-            E = torch.matmul(A, D)  # (b, T, M): A applied on the sample index a
-            F += D.reshape(n, -1) @ E.reshape(n, -1).T
-    else:  # chunked: recompute column blocks (memory O(B T M) instead of O(CT T M))
-        for i0 in blocks:
-            Di = D_of(i0)
-            Ei = [torch.matmul(A, D).reshape(D.shape[0], -1) for D, A in zip(Di, As)]
-            for j0 in blocks:
-                if j0 < i0:
-                    continue
-                Dj = Di if j0 == i0 else D_of(j0)
-                blk = sum(Dj_l.reshape(Dj_l.shape[0], -1) @ Ei_l.T for Dj_l, Ei_l in zip(Dj, Ei))
-                F[j0:j0 + B, i0:i0 + B] = blk
-                F[i0:i0 + B, j0:j0 + B] = blk.T
+    F = torch.empty(n, n, dtype=X.dtype, device=X.device)
+    stream = [torch.empty(min(B, n), r, m, dtype=X.dtype, device=X.device) for r, m in widths] if S < n else []
+    for I0 in range(0, n, S):
+        I1 = min(n, I0 + S)
+        s = I1 - I0
+        GI = [torch.empty(s, r, m, dtype=X.dtype, device=X.device) for r, m in widths]
+        for i0 in range(I0, I1, B):
+            b = min(B, I1 - i0)
+            factors_into([G[i0 - I0:] for G in GI], i0, b)
+        flat = [G.reshape(s, -1) for G in GI]
+        diag = _gram_sym(flat[0])
+        for A in flat[1:]:
+            diag += _gram_sym(A)
+        F[I0:I1, I0:I1] = diag
+        del diag
+        for j0 in range(I1, n, B):  # recomputed rows (only when the factors do not all fit)
+            b = min(B, n - j0)
+            factors_into(stream, j0, b)
+            blk = sum(Gj[:b].reshape(b, -1) @ A.T for Gj, A in zip(stream, flat))
+            F[j0:j0 + b, I0:I1] = blk
+            F[I0:I1, j0:j0 + b] = blk.T
+        del GI, flat
     F /= T
-    return 0.5 * (F + F.T)
+    return F
 
 
 # -- matrix-free route ---------------------------------------------------------------------
@@ -439,7 +557,8 @@ def fisher_dual(
         keep_dual: keep ``F*`` in the result.
         vectors: compute top eigenvectors (and the Thm 3.1 cosine).
         seed: seeds the Lanczos start vector.
-        chunk: outputs per VJP batch in the general route (default: sized to ~256 MiB).
+        chunk: outputs per VJP batch in the general and matrix-free routes (default: each batched
+            cotangent tensor under 16 MiB in the general route, ~256 MiB per batch in the matrix-free one).
 
     Returns:
         :class:`FisherResult`.

@@ -10,15 +10,7 @@ from normfield.errors import NormfieldError
 from normfield.train.lr_grid import log_lrs, summarize_lr_grid, train_student_plain, train_students
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread avoids waiting on a shared, loaded machine's scheduler."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(sizes, g, sw2=4.0, sb2=1.0):
@@ -38,14 +30,15 @@ def _problem(M=12, T=40, L=3, seed=0):
     return student, X, y
 
 
+@pytest.mark.parametrize("sample_space", [False, True])
 @pytest.mark.parametrize("norm", ["none", "last-mean"])
-def test_batched_equals_plain_autograd(norm):
+def test_batched_equals_plain_autograd(norm, sample_space):
     # Independent route: hand-written batched backward vs torch autograd, one student at a time.
     # Both are float64 GD on the same loss; after 60 steps the trajectories agree to rounding
     # (differences ~1e-16 relative per operation, amplified at most by the stable dynamics).
     student, X, y = _problem()
     lrs = [1e-4, 1e-3, 1e-2, 3e-2, 1.0, 10.0]  # the last two explode
-    run = train_students(student, X, y, lrs, steps=60, norm=norm)
+    run = train_students(student, X, y, lrs, steps=60, norm=norm, sample_space=sample_space)
     for k, lr in enumerate(lrs):
         ref = train_student_plain(student, X, y, lr, steps=60, norm=norm)
         assert run.exploded[k] == ref.exploded[0]
@@ -64,8 +57,9 @@ def test_dropping_exploded_students_does_not_change_survivors():
     np.testing.assert_allclose(mixed.final_loss[[0, 2]], alone.final_loss, rtol=1e-12)
 
 
+@pytest.mark.parametrize("sample_space", [False, True])
 @pytest.mark.parametrize("norm", ["none", "last-mean"])
-def test_stability_edge_is_exactly_2_over_lambda_max_for_a_quadratic_loss(norm):
+def test_stability_edge_is_exactly_2_over_lambda_max_for_a_quadratic_loss(norm, sample_space):
     # One linear layer (L = 1): E is quadratic with Hessian H = (1/T) AᵀA, A = [X̃, 1], where
     # X̃ = X (no norm) or X centred over samples (mean subtraction, eq. (15)). GD multiplies the
     # error along H's top eigenvector by (1 − ηλ_max): it converges iff η < 2/λ_max (eq. (23)).
@@ -79,7 +73,8 @@ def test_stability_edge_is_exactly_2_over_lambda_max_for_a_quadratic_loss(norm):
     Xt = X - X.mean(0) if norm == "last-mean" else X
     A = torch.cat([Xt, torch.ones(T, 1, dtype=torch.float64)], dim=1)
     lam = float(torch.linalg.eigvalsh(A.T @ A / T)[-1])
-    run = train_students(params, X, y, [0.9 * 2 / lam, 1.1 * 2 / lam], steps=400, norm=norm)
+    run = train_students(params, X, y, [0.9 * 2 / lam, 1.1 * 2 / lam], steps=400, norm=norm,
+                         sample_space=sample_space)
     assert not run.exploded[0] and run.exploded[1]
     assert run.final_loss[0] < run.initial_loss[0]
 
@@ -123,10 +118,12 @@ def test_summarize_takes_min_over_seeds():
     assert s["smallest_exploded_lr"] == 10.0 and s["eta_emp"] == 1.0 and s["eta_theory"] == 0.7
 
 
-def test_return_params_gives_the_trained_students():
-    # The kept parameters reproduce the reported final loss (survivor) and the frozen loss (exploded).
+@pytest.mark.parametrize("sample_space", [False, True])
+def test_return_params_gives_the_trained_students(sample_space):
+    # The kept parameters reproduce the reported final loss (survivor) and the frozen loss (exploded);
+    # in sample space W_1, b_1 are rebuilt from the accumulated η δ_1 (a different route to the same numbers).
     student, X, y = _problem(seed=7)
-    run = train_students(student, X, y, [1e-3, 1e3], steps=15, return_params=True)
+    run = train_students(student, X, y, [1e-3, 1e3], steps=15, return_params=True, sample_space=sample_space)
     assert run.exploded[1] and not run.exploded[0]
     p = run.student(0)
     h = X
@@ -151,3 +148,43 @@ def test_chunked_stack_equals_one_stack():
     assert two.params[0][0].shape[0] == len(lrs)
     with pytest.raises(NormfieldError, match="max_batch"):
         train_students(student, X, y, lrs, steps=1, max_batch=0)
+
+
+@pytest.mark.parametrize("norm", ["none", "last-mean"])
+def test_sample_space_first_layer_equals_weight_space(norm):
+    # U_1 ← U_1 − η δ_1ᵀ(XXᵀ + 11ᵀ) is the same GD step as W_1 ← W_1 − η δ_1ᵀX, b_1 ← b_1 − η δ_1ᵀ1:
+    # equal up to float64 rounding, including the rebuilt final W_1 and b_1, and the frozen exploded student.
+    student, X, y = _problem(M=30, T=20, seed=13)  # T < 2·M_0: the default picks sample space
+    lrs = [1e-3, 1e-2, 5e-2, 1e3]
+    a = train_students(student, X, y, lrs, steps=50, norm=norm, return_params=True, sample_space=False)
+    b = train_students(student, X, y, lrs, steps=50, norm=norm, return_params=True)
+    np.testing.assert_array_equal(a.exploded, b.exploded)
+    np.testing.assert_array_equal(a.steps_run, b.steps_run)
+    assert a.exploded[-1] and not a.exploded[:-1].any()
+    np.testing.assert_allclose(a.final_loss[:-1], b.final_loss[:-1], rtol=1e-10)
+    for (Wa, ba), (Wb, bb) in zip(a.params, b.params):
+        np.testing.assert_allclose(Wb.numpy(), Wa.numpy(), rtol=0, atol=1e-10 * float(Wa.abs().max()))
+        np.testing.assert_allclose(bb.numpy(), ba.numpy(), rtol=0, atol=1e-10 * float(ba.abs().max()))
+    with pytest.raises(NormfieldError, match="sample_space"):
+        train_students(student, X, y, lrs, steps=1, sample_space="yes")
+
+
+def test_same_seed_is_bitwise_deterministic():
+    student, X, y = _problem(M=30, T=20, seed=17)
+    lrs = [1e-3, 1e-2, 1e3]
+    a = train_students(student, X, y, lrs, steps=30, return_params=True)
+    b = train_students(student, X, y, lrs, steps=30, return_params=True)
+    np.testing.assert_array_equal(a.final_loss, b.final_loss)
+    for (Wa, ba), (Wb, bb) in zip(a.params, b.params):
+        assert torch.equal(Wa, Wb) and torch.equal(ba, bb)
+
+
+@pytest.mark.parametrize("sample_space", [False, True])
+def test_smooth_activation_equals_plain_autograd(sample_space):
+    # The generic (non-ReLU) path keeps u and uses the activation's derivative.
+    student, X, y = _problem(M=16, T=12, seed=19)
+    lrs = [1e-3, 3e-2]
+    run = train_students(student, X, y, lrs, steps=40, activation="tanh", sample_space=sample_space)
+    for k, lr in enumerate(lrs):
+        ref = train_student_plain(student, X, y, lr, steps=40, activation="tanh")
+        assert run.final_loss[k] == pytest.approx(ref.final_loss[0], rel=1e-9)

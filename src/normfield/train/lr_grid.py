@@ -16,8 +16,12 @@ Efficiency: all learning rates of one (width, seed, normalization) cell start
 from the *same* initialization and are trained together. The K students are
 stacked along a leading batch dimension (weights of shape (K, out, in)) and
 advanced by batched matrix products with a hand-written backward pass, so one
-step of the whole column costs a handful of BLAS calls; students that have
-exploded are dropped from the stack as soon as they do.
+step of the whole column costs a handful of BLAS calls: the first layer of all
+students is one GEMM against the shared inputs (or, when T ≤ 2·M_0, is tracked in
+sample space through K_X = XXᵀ + 11ᵀ, one GEMM instead of two), every update is
+an in-place ``baddbmm_``/``addmm_`` with η_k folded into the back-propagated error,
+and activations live in buffers allocated once. Students that have exploded are
+dropped from the stack as soon as they do.
 :func:`train_student_plain` is the textbook one-student autograd loop, kept as
 the independent reference for tests and as the benchmark baseline.
 """
@@ -123,65 +127,14 @@ def _check_params(params: Params) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return ps
 
 
-def _forward(Ws, bs, X, act, norm):
-    """Batched forward. Ws[l]: (K, out, in); X: (T, M0). Returns f (K, T, C) and caches.
+def _use_sample_space(T: int, M0: int) -> bool:
+    """Whether tracking the first layer in sample space costs fewer flops than tracking W_1.
 
-    The caches are the layer inputs ``hs`` and, per hidden layer, what the backward pass
-    needs to form φ'(u): the mask u > 0 for ReLU (no copy of u), else u itself.
+    Per hidden unit and student one step costs 2·T·M_0 multiply–adds with W_1 (forward
+    X W_1ᵀ and gradient δᵀX, two GEMMs) and T² in sample space (δ K_X, one GEMM, see
+    :func:`train_students`); at T = 2·M_0 the single GEMM was still faster (measured, BENCHMARKS.md).
     """
-    hs, us = [X], []
-    h = X
-    L = len(Ws)
-    relu = act.name == "relu"
-    for l in range(L - 1):
-        if h.ndim == 2:  # shared inputs: one GEMM for all students
-            u = torch.matmul(h, Ws[l].transpose(1, 2))
-        else:
-            u = torch.bmm(h, Ws[l].transpose(1, 2))
-        u.add_(bs[l][:, None, :])
-        if relu:
-            h = torch.relu(u)
-            us.append(u.gt_(0))  # u is not needed any more: keep the mask only
-        else:
-            h = act.fn(u)
-            us.append(u)
-        hs.append(h)
-    if h.ndim == 2:
-        f = torch.matmul(h, Ws[-1].transpose(1, 2)) + bs[-1][:, None, :]
-    else:
-        f = torch.baddbmm(bs[-1][:, None, :], h, Ws[-1].transpose(1, 2))
-    if norm == "last-mean":  # Karakida eq. (15) with γ = 1, β = 0 (as normfield.fisher.networks)
-        f = f - f.mean(dim=1, keepdim=True)
-    return f, hs, us
-
-
-def _loss(f, y):
-    """E = (1/2T) Σ_t Σ_k (y − f)², per student: shape (K,)."""
-    T = f.shape[1]
-    return ((f - y) ** 2).sum(dim=(1, 2)) / (2 * T)
-
-
-def _backward(Ws, f, y, hs, us, act, norm):
-    """Gradients of E per student by the chain rule (Karakida eq. (4)), batched."""
-    T = f.shape[1]
-    g = (f - y) / T  # dE/df, (K, T, C)
-    dz = g - g.mean(dim=1, keepdim=True) if norm == "last-mean" else g  # dE/du^L
-    dWs = [None] * len(Ws)
-    dbs = [None] * len(Ws)
-    dWs[-1] = torch.bmm(dz.transpose(1, 2), hs[-1]) if hs[-1].ndim == 3 else torch.matmul(dz.transpose(1, 2), hs[-1])
-    dbs[-1] = dz.sum(dim=1)  # ≈ 0 under mean subtraction: b^L cancels
-    delta = dz
-    relu = act.name == "relu"
-    for l in range(len(Ws) - 2, -1, -1):
-        dh = torch.bmm(delta, Ws[l + 1])  # (K, T, out_l)
-        delta = dh.mul_(us[l]) if relu else dh * act.derivative(us[l])
-        h_in = hs[l]
-        if h_in.ndim == 2:
-            dWs[l] = torch.matmul(delta.transpose(1, 2), h_in)  # (K,out,T)@(T,in)
-        else:
-            dWs[l] = torch.bmm(delta.transpose(1, 2), h_in)
-        dbs[l] = delta.sum(dim=1)
-    return dWs, dbs
+    return T <= 2 * M0
 
 
 def train_students(
@@ -197,6 +150,7 @@ def train_students(
     stop_loss: float = 1e10,
     return_params: bool = False,
     max_batch: int | None = None,
+    sample_space: bool | None = None,
 ) -> StudentRun:
     """Train K = len(lrs) copies of one initialization by full-batch GD, batched.
 
@@ -206,6 +160,19 @@ def train_students(
     (default 1e10, i.e. 10⁷ times the explosion threshold) or stops being
     finite is frozen and dropped from the stack; this is a pure shortcut, since
     its final loss would be far above ``explode_at`` anyway.
+
+    How (exact up to float rounding; the chain rule of Karakida eq. (4), batched):
+
+    * activations are kept transposed, (K, width, T), so the first layer of all K
+      students is one GEMM with the shared inputs X: (K·M_1, M_0) @ (M_0, T), and its
+      gradient δ_1ᵀX another;
+    * the output error is scaled by η_k/T once, so every back-propagated δ carries η_k
+      and each layer is updated in place right after its δ is used
+      (W_l ← W_l − δ_l h_{l−1}ᵀ, one ``baddbmm_``), with no gradient buffers;
+    * sample space (``sample_space``; default: when T ≤ 2·M_0, i.e. no more flops): the
+      first layer's pre-activations U_1 = W_1Xᵀ + b_1 1ᵀ are updated directly,
+      U_1 ← U_1 − η δ_1ᵀ (X Xᵀ + 1 1ᵀ), since ΔW_1 = −η δ_1ᵀX and Δb_1 = −η δ_1ᵀ1;
+      W_1 and b_1 are rebuilt only at the end from the accumulated Σ η δ_1.
 
     Args:
         params: initial layers ``[(W_1, b_1), ..., (W_L, b_L)]``, W_l of shape
@@ -221,9 +188,11 @@ def train_students(
         stop_loss: loss above which a student is stopped early (>= explode_at).
         return_params: keep every student's final parameters in the result.
         max_batch: most students advanced in one stack; None picks it so that one
-            stacked activation (K·T·max width numbers) stays within ~512 KiB (cache-sized:
-            larger stacks are memory-bound and slower than a loop). Students are
+            stacked activation (K·T·max width numbers) stays within ~2 MiB (half this
+            machine's per-core L2; much larger stacks are memory-bound). Students are
             independent, so the result does not depend on it beyond float rounding.
+        sample_space: track the first layer in sample space (True), by its weights
+            (False), or whichever takes fewer flops (None). Same result up to rounding.
 
     Returns:
         :class:`StudentRun` with per-student final loss and explosion flags.
@@ -242,17 +211,22 @@ def train_students(
     if y.ndim != 2 or y.shape != (X.shape[0], ps[-1][0].shape[0]):
         raise NormfieldError(f"y must have shape ({X.shape[0]}, {ps[-1][0].shape[0]}), got {tuple(y.shape)}",
                              argument="y")
+    if sample_space is not None and not isinstance(sample_space, bool):
+        raise NormfieldError(f"sample_space must be True, False or None, got {sample_space!r}",
+                             argument="sample_space")
     K = lr_arr.size
-    T = X.shape[0]
+    T, M0 = X.shape
     el = X.element_size()
     widest = max(W.shape[0] for W, _ in ps)
     if max_batch is None:
-        max_batch = max(1, (1 << 19) // max(1, T * widest * el))
+        max_batch = max(1, (1 << 21) // max(1, T * widest * el))
     max_batch = check_int("max_batch", max_batch, minimum=1)
+    if sample_space is None:
+        sample_space = _use_sample_space(T, M0)
     if K > max_batch:  # independent students: train the stack in cache-sized chunks
         parts = [train_students(ps, X, y, lr_arr[i:i + max_batch], steps=steps, norm=norm, activation=act,
                                 explode_at=explode_at, stop_loss=stop_loss, return_params=return_params,
-                                max_batch=max_batch) for i in range(0, K, max_batch)]
+                                max_batch=max_batch, sample_space=sample_space) for i in range(0, K, max_batch)]
         cat = np.concatenate
         params = None
         if return_params:
@@ -262,13 +236,23 @@ def train_students(
                           cat([p.initial_loss for p in parts]), cat([p.steps_run for p in parts]),
                           cat([p.exploded for p in parts]), cat([p.min_loss for p in parts]), params)
     n_par = sum(W.numel() + b.numel() for W, b in ps)
-    check_memory("train_students", el * K * (3 * n_par + 3 * len(ps) * T * widest),
+    check_memory("train_students", el * (K * (3 * n_par + 4 * len(ps) * T * widest) + T * T),
                  hint="train fewer learning rates at once or use smaller widths")
     dev, dt = X.device, X.dtype
+    L = len(ps)
+    relu = act.name == "relu"
     Ws = [W.detach().to(dt).unsqueeze(0).repeat(K, 1, 1).contiguous() for W, _ in ps]
     bs = [b.detach().to(dt).unsqueeze(0).repeat(K, 1).contiguous() for _, b in ps]
-    y = y.to(dt)
+    yT = y.to(dt).T.unsqueeze(0)  # (1, C, T)
     lr_t = torch.as_tensor(lr_arr, dtype=dt, device=dev)
+    M1 = Ws[0].shape[1]
+    with torch.no_grad():
+        if sample_space:
+            kx = X @ X.T + 1.0  # K_X = X Xᵀ + 1 1ᵀ (T, T), symmetric
+            u1 = torch.addmm(bs[0].reshape(-1, 1), Ws[0].view(-1, M0), X.T).view(K, M1, T)
+            acc = torch.zeros_like(u1) if return_params else None  # Σ_s η δ_1ᵀ per student
+        else:
+            kx = u1 = acc = None
 
     final = np.full(K, np.nan)
     min_loss = np.full(K, np.inf)
@@ -277,21 +261,62 @@ def train_students(
     initial = None
     keep_W = [W.clone() for W in Ws] if return_params else None
     keep_b = [b.clone() for b in bs] if return_params else None
+    keep_acc = acc.clone() if acc is not None else None
 
     def stash(idx_active: np.ndarray, rows: np.ndarray) -> None:
         if keep_W is None:
             return
         dst = torch.as_tensor(idx_active, device=dev)
         src = torch.as_tensor(rows, device=dev)
-        for l in range(len(Ws)):
+        for l in range(L):
             keep_W[l][dst] = Ws[l][src]
             keep_b[l][dst] = bs[l][src]
+        if keep_acc is not None:
+            keep_acc[dst] = acc[src]
 
+    # Work buffers, allocated once (fresh multi-MiB tensors every step cost page faults that rival
+    # the GEMMs); after students are dropped the first k rows are used. bufs[l]: (K, M_l, T), the
+    # pre-activation of hidden layer l, turned into its activation in place (ReLU) — the input of
+    # layer l + 1; grads[l]: ∂E/∂h_l, turned into δ_l in place.
+    widths = [W.shape[1] for W in Ws[:-1]]  # M_1 … M_{L−1}
+    bufs = [None] + [torch.empty(K, m, T, dtype=dt, device=dev) for m in widths]
+    grads = [None] + [torch.empty(K, m, T, dtype=dt, device=dev) for m in widths]
+    C = Ws[-1].shape[1]
+    fbuf = torch.empty(K, C, T, dtype=dt, device=dev)
+    lr_scaled = lr_t / T
     with torch.no_grad():
         for s in range(steps + 1):
-            f, hs, us = _forward(Ws, bs, X, act, norm)
-            loss = _loss(f, y)
-            loss_np = loss.cpu().numpy()
+            # forward, activations transposed: hs[l] = input of layer l, (k, M_l, T); hs[0] = X (unused)
+            k = Ws[0].shape[0]
+            hs, us = [None], [None]
+            for l in range(1, L):
+                out = bufs[l][:k]
+                if l == 1 and sample_space:
+                    u = u1
+                else:
+                    if l == 1:
+                        torch.addmm(bs[0].reshape(-1, 1), Ws[0].view(-1, M0), X.T, out=out.view(k * M1, T))
+                    else:
+                        torch.baddbmm(bs[l - 1].unsqueeze(2), Ws[l - 1], hs[l - 1], out=out)
+                    u = out
+                if relu:
+                    h = torch.clamp_min(u, 0.0, out=out)
+                    us.append(None)
+                else:
+                    h = act.fn(u)
+                    us.append(u)
+                hs.append(h)
+            if L > 1:
+                fT = torch.baddbmm(bs[-1].unsqueeze(2), Ws[-1], hs[-1], out=fbuf[:k])  # (k, C, T)
+            elif sample_space:  # one linear layer: the output is U_1
+                fT = u1
+            else:
+                fT = torch.addmm(bs[0].reshape(-1, 1), Ws[0].view(-1, M0), X.T,
+                                 out=fbuf[:k].view(k * C, T)).view(k, C, T)
+            if norm == "last-mean":  # Karakida eq. (15) with γ = 1, β = 0
+                fT = fT - fT.mean(dim=2, keepdim=True)
+            err = fT - yT
+            loss_np = (err.square().sum(dim=(1, 2)) / (2 * T)).cpu().numpy()
             if initial is None:
                 initial = loss_np.copy()
             min_loss[active] = np.minimum(min_loss[active], np.where(np.isfinite(loss_np), loss_np, np.inf))
@@ -310,13 +335,37 @@ def train_students(
                 active = active[keep_np]
                 Ws = [W.index_select(0, keep) for W in Ws]
                 bs = [b.index_select(0, keep) for b in bs]
-                lr_t = lr_t.index_select(0, keep)
-                f, hs = f.index_select(0, keep), [hs[0]] + [h.index_select(0, keep) for h in hs[1:]]
-                us = [u.index_select(0, keep) for u in us]
-            dWs, dbs = _backward(Ws, f, y, hs, us, act, norm)
-            for l in range(len(Ws)):
-                Ws[l].addcmul_(lr_t[:, None, None], dWs[l], value=-1.0)
-                bs[l].addcmul_(lr_t[:, None], dbs[l], value=-1.0)
+                lr_scaled = lr_scaled.index_select(0, keep)
+                err = err.index_select(0, keep)
+                hs = [None] + [h.index_select(0, keep) for h in hs[1:]]
+                us = [None] + [v.index_select(0, keep) if v is not None else None for v in us[1:]]
+                if sample_space:
+                    u1 = u1.index_select(0, keep)
+                    acc = acc.index_select(0, keep) if acc is not None else None
+                k = keep_np.size
+            # backward (Karakida eq. (4)) with η_k folded into the output error: δ_l carries η_k
+            delta = err.mul_(lr_scaled[:, None, None])  # η dE/df
+            if norm == "last-mean":
+                delta = delta - delta.mean(dim=2, keepdim=True)  # dE/du^L = centred dE/df
+            for l in range(L - 1, 0, -1):
+                dh = torch.bmm(Ws[l].transpose(1, 2), delta, out=grads[l][:k])  # W_l before its update
+                Ws[l].baddbmm_(delta, hs[l].transpose(1, 2), alpha=-1.0)
+                bs[l].sub_(delta.sum(dim=2))
+                if relu:  # dh · 1[u > 0], in place
+                    delta = torch.ops.aten.threshold_backward.grad_input(dh, hs[l], 0.0, grad_input=dh)
+                else:
+                    delta = dh.mul_(act.derivative(us[l]))
+            d2 = delta.view(k * M1, T)
+            if sample_space:
+                u1.view(k * M1, T).addmm_(d2, kx, alpha=-1.0)
+                if acc is not None:
+                    acc.add_(delta)
+            else:
+                Ws[0].view(k * M1, M0).addmm_(d2, X, alpha=-1.0)
+                bs[0].sub_(delta.sum(dim=2))
+    if keep_acc is not None:  # W_1 = W_1(0) − (Σ η δ_1ᵀ) X,  b_1 = b_1(0) − (Σ η δ_1ᵀ) 1
+        keep_W[0] = torch.baddbmm(keep_W[0], keep_acc, X.expand(K, T, M0), alpha=-1.0)
+        keep_b[0] = keep_b[0] - keep_acc.sum(dim=2)
     final = np.where(np.isfinite(final), final, np.inf)
     exploded = ~np.isfinite(final) | (final > explode_at)
     params = list(zip(keep_W, keep_b)) if keep_W is not None else None

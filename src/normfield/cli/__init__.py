@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import Sequence
@@ -83,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("normfield: interrupted (finished cells are cached; re-run to resume)", file=sys.stderr)
         return 130
-    emit(args, payload, render)
+    try:
+        emit(args, payload, render)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `normfield ... --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
 
 

@@ -127,16 +127,22 @@ def test_one_layer_mean_is_the_mean_field_map(engine, activation, norm):
     assert np.all(np.abs(G1.mean(0) - target) <= 4.5 * sd + 1e-12), (G1.mean(0) - target) / sd
 
 
+def _engines_ks(activation, d, n, L, K, *, seeds):
+    """G_L of K seeded chains from each engine; the two-sample KS p-values of the three statistics
+    of :func:`_stats` against the pooled mean. Returns (fast G_L, pooled mean, p-values)."""
+    fast = simulate_chain(activation, d, n, L, seeds=K, engine="fast", seed=seeds[0]).grams[:, -1]
+    expl = simulate_chain(activation, d, n, L, seeds=K, engine="explicit", seed=seeds[1]).grams[:, -1]
+    ref = np.concatenate([fast, expl]).mean(0)
+    return fast, ref, [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+
+
 def test_fast_and_explicit_engines_have_the_same_law():
     # Two-sample Kolmogorov–Smirnov tests on three statistics of G_L (an off-diagonal entry, the
     # distance to the pooled mean, the top eigenvalue) for K = 300 seeded chains per engine.
     # Each test is run at level 1e-3/3 (Bonferroni), so the false-alarm rate of this test is
     # <= 1e-3 if the engines agree in law; seeds are fixed, so the outcome is deterministic.
     d, n, L, K = 48, 4, 3, 300
-    fast = simulate_chain("relu", d, n, L, seeds=K, engine="fast", seed=100).grams[:, -1]
-    expl = simulate_chain("relu", d, n, L, seeds=K, engine="explicit", seed=200).grams[:, -1]
-    ref = np.concatenate([fast, expl]).mean(0)
-    pvals = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+    fast, ref, pvals = _engines_ks("relu", d, n, L, K, seeds=(100, 200))
     assert min(pvals) > 1e-3 / 3, pvals
     # power: the same test must reject a wrong law (explicit engine at width d/4, whose
     # fluctuations are twice as large)
@@ -255,8 +261,5 @@ def test_engines_same_law_heavy():
     # Larger version of the two-sample test (d = 256, n = 8, depth 5, K = 600 per engine), same
     # statistics and Bonferroni level: false-alarm rate <= 1e-3.
     d, n, L, K = 256, 8, 5, 600
-    fast = simulate_chain("tanh", d, n, L, seeds=K, engine="fast", seed=1000).grams[:, -1]
-    expl = simulate_chain("tanh", d, n, L, seeds=K, engine="explicit", seed=2000).grams[:, -1]
-    ref = np.concatenate([fast, expl]).mean(0)
-    pvals = [stats.ks_2samp(a, b).pvalue for a, b in zip(_stats(fast, ref), _stats(expl, ref))]
+    _, _, pvals = _engines_ks("tanh", d, n, L, K, seeds=(1000, 2000))
     assert min(pvals) > 1e-3 / 3, pvals

@@ -131,6 +131,12 @@ def _slope(w: np.ndarray, y: np.ndarray) -> float:
     return float(np.polyfit(np.log(w), np.log(y), 1)[0])
 
 
+def _seed_cv(df: pd.DataFrame) -> float:
+    """Seed-to-seed coefficient of variation of ``lambda_max``, averaged over the widths."""
+    by_width = df.groupby("width").lambda_max
+    return float((by_width.std() / by_width.mean()).mean())
+
+
 def _slope_se(df: pd.DataFrame, *, seed: int, draws: int = 500) -> float:
     """Bootstrap standard error of the log-log slope of the per-width seed mean of ``lambda_max``:
     seeds are resampled with replacement within each width (seeded), the slope refitted."""
@@ -185,10 +191,8 @@ def check_byom(ctx: ClaimContext) -> ClaimResult:
     # λ_max ≈ a·width + b: the theorem's leading term plus a finite-width offset
     a_fit, b_fit = (float(c) for c in np.polyfit(w, plain.lambda_max.to_numpy(), 1))
     loc_bn = _slope(bnv.width.to_numpy(float)[-2:], bnv.lambda_max.to_numpy()[-2:])
-    cv_plain = float((wdf[wdf.variant == "plain"].groupby("width").lambda_max.std() /
-                      wdf[wdf.variant == "plain"].groupby("width").lambda_max.mean()).mean()) if len(seeds) > 1 else math.nan
-    cv_bn = float((wdf[wdf.variant == "bn"].groupby("width").lambda_max.std() /
-                   wdf[wdf.variant == "bn"].groupby("width").lambda_max.mean()).mean()) if len(seeds) > 1 else math.nan
+    cv_plain = _seed_cv(wdf[wdf.variant == "plain"]) if len(seeds) > 1 else math.nan
+    cv_bn = _seed_cv(wdf[wdf.variant == "bn"]) if len(seeds) > 1 else math.nan
     s_bn = _slope(bnv.width.to_numpy(float), bnv.lambda_max.to_numpy())
     se_plain = _slope_se(wdf[wdf.variant == "plain"], seed=ctx.seed)
     se_bn = _slope_se(wdf[wdf.variant == "bn"], seed=ctx.seed)

@@ -160,12 +160,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if args.data is not None:
         x = load_data(args.data, shape, args.batch)
     else:
-        from math import prod
-
         from normfield.core.validation import check_memory
 
         n_batch = args.batch or 32
-        check_memory("inputs", 8.0 * n_batch * prod(shape),
+        check_memory("inputs", 8.0 * n_batch * math.prod(shape),
                      hint=f"the random batch of {n_batch} inputs of shape {tuple(shape)} is too large; "
                           "pass a smaller --batch or --input-shape")
         g = torch.Generator().manual_seed(args.seed)

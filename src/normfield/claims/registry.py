@@ -23,7 +23,8 @@ from normfield.errors import NormfieldError
 
 __all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "all_claims", "get_claim", "run_claims"]
 
-SCALES = ("smoke", "quick", "paper")  # smoke: tiny sizes, for the test suite only
+SCALES = ("smoke", "quick", "paper")
+FAILURE_KINDS = ("not-reproduced", "unexplained")  # see ClaimResult.failure  # smoke: tiny sizes, for the test suite only
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class ClaimResult:
         data: tidy DataFrames by name (saved to Parquet/CSV by the report).
         notes: free text, e.g. the investigated cause of a FAIL, or how the
             quick scale differs from the paper's.
+        failure: for a FAIL, what kind: ``"not-reproduced"`` (a paper statement
+            that the data contradict, its cause measured and given in ``notes``)
+            or ``"unexplained"`` (a crash, a refused check, or a failure nobody
+            has explained yet, the default); empty for a PASS.
     """
 
     verdict: str
@@ -71,6 +76,7 @@ class ClaimResult:
     figures: list[Path] = field(default_factory=list)
     data: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: str = ""
+    failure: str = ""
     # filled in by run_claims
     id: str = ""
     title: str = ""
@@ -83,6 +89,13 @@ class ClaimResult:
     def __post_init__(self) -> None:
         if self.verdict not in ("PASS", "FAIL"):
             raise ValueError(f"verdict must be PASS or FAIL, got {self.verdict!r}")
+        if self.verdict == "PASS":
+            if self.failure:
+                raise ValueError(f"a PASS has no failure kind, got {self.failure!r}")
+        elif not self.failure:
+            self.failure = "unexplained"
+        if self.failure not in ("", *FAILURE_KINDS):
+            raise ValueError(f"failure must be one of {FAILURE_KINDS}, got {self.failure!r}")
 
 
 @dataclass

@@ -21,7 +21,8 @@ import pandas as pd
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "all_claims", "get_claim", "run_claims"]
+__all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "alias", "aliases", "expand_ids", "all_claims",
+           "get_claim", "run_claims"]
 
 SCALES = ("smoke", "quick", "paper")
 FAILURE_KINDS = ("not-reproduced", "unexplained")  # see ClaimResult.failure  # smoke: tiny sizes, for the test suite only
@@ -154,6 +155,7 @@ class ClaimContext:
 
 
 _CLAIMS: dict[str, ClaimSpec] = {}
+_ALIASES: dict[str, tuple[str, ...]] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 _DISCOVERED = False
 
@@ -170,6 +172,33 @@ def claim(
         return func
 
     return deco
+
+
+def alias(name: str, ids: Iterable[str]) -> None:
+    """Register ``name`` as an alias that runs the claims ``ids`` (e.g. a claim split in two)."""
+    ids = tuple(ids)
+    if not ids:
+        raise RuntimeError(f"alias {name!r} names no claims")
+    if name in _ALIASES and _ALIASES[name] != ids:
+        raise RuntimeError(f"alias {name!r} registered twice")
+    _ALIASES[name] = ids
+
+
+def aliases() -> dict[str, tuple[str, ...]]:
+    """Every registered alias: name -> the claim ids it runs."""
+    _discover()
+    return dict(_ALIASES)
+
+
+def expand_ids(ids: Iterable[str]) -> list[str]:
+    """Claim ids with each alias replaced by the claims it names, first occurrence kept."""
+    _discover()
+    out: list[str] = []
+    for i in ids:
+        for j in _ALIASES.get(i, (i,)):
+            if j not in out:
+                out.append(j)
+    return out
 
 
 def _discover() -> None:
@@ -198,8 +227,9 @@ def get_claim(claim_id: str) -> ClaimSpec:
     """The claim registered under ``claim_id``; error lists the known ids."""
     _discover()
     if claim_id not in _CLAIMS:
+        known = [c.id for c in all_claims()] + [f"{a} (= {' + '.join(v)})" for a, v in sorted(_ALIASES.items())]
         raise NormfieldError(
-            f"CLAIM_ID: unknown claim id {claim_id!r}; known (normfield reproduce --list): {', '.join(c.id for c in all_claims())}",
+            f"CLAIM_ID: unknown claim id {claim_id!r}; known (normfield reproduce --list): {', '.join(known)}",
             argument="CLAIM_ID",
         )
     return _CLAIMS[claim_id]
@@ -230,7 +260,7 @@ def run_claims(
     own configuration (scheduler, workers, cache directory, device, scale) is
     raised instead, since every later claim would meet it too.
     """
-    specs = all_claims() if not ids else [get_claim(i) for i in ids]
+    specs = all_claims() if not ids else [get_claim(i) for i in expand_ids(ids)]
     results = []
     for spec in specs:
         t0 = time.perf_counter()

@@ -144,15 +144,17 @@ def _check_conflicts(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from normfield.claims.registry import ClaimContext, ClaimResult, all_claims, get_claim, import_errors
+    from normfield.claims.registry import (ClaimContext, ClaimResult, aliases, all_claims, expand_ids, get_claim,
+                                           import_errors)
     from normfield.runner.sweep import open_executors, prepare_executor, shutdown_executors
 
     if args.list:
         specs = all_claims()
         payload = {"claims": [{"id": s.id, "title": s.title, "paper": s.paper, "reference": s.reference}
-                              for s in specs]}
+                              for s in specs],
+                   "aliases": {a: list(v) for a, v in sorted(aliases().items())}}
         return payload, lambda p: format_table(p["claims"], ["id", "paper", "reference", "title"])
-    ids = list(args.claims)
+    ids = expand_ids(args.claims)
     for i in ids:  # validate all ids before any work
         get_claim(i)
     _check_conflicts(args)

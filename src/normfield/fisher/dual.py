@@ -51,6 +51,7 @@ import torch
 from normfield.core.linalg import top_eigenpairs
 from normfield.core.validation import check_choice, check_finite_array, check_int, check_memory
 from normfield.errors import NormfieldError
+from normfield.fisher.products import factor_product, gram, sample_factor
 from normfield.fisher.networks import MLPConfig, Params, _forward, check_params, init_mlp, sample_inputs
 
 __all__ = ["FisherResult", "fisher_dual", "fisher_dual_variants", "fisher_spectrum", "config_cell", "dual_memory_bytes", "FAST_NORMS"]
@@ -123,16 +124,6 @@ class FisherResult:
 
 # -- helpers -----------------------------------------------------------------------------
 
-def _gram(A: torch.Tensor) -> torch.Tensor:
-    """``A Aᵀ``.  Large CPU products go through NumPy, which calls BLAS syrk (half the flops of
-    gemm); small ones stay in torch, whose single OpenMP pool does not thrash on a shared machine
-    (NumPy's OpenBLAS pthreads took ~20 ms for a 100×100 product under load, torch ~30 µs)."""
-    if A.device.type == "cpu" and A.shape[0] * A.shape[1] >= 4_000_000 and A.shape[0] >= 1000:
-        a = A.detach().contiguous().numpy()
-        return torch.from_numpy(a @ a.T)
-    return A @ A.T
-
-
 def dual_memory_bytes(config: MLPConfig, T: int | None = None, route: str = "fast", itemsize: int = 8,
                       chunk: int | None = None) -> float:
     """Rough peak memory of building ``F*`` (bytes), used to refuse before allocating.
@@ -201,7 +192,7 @@ def _dual_fast(params: Params, X: torch.Tensor, config: MLPConfig) -> tuple[torc
         F4 = F.view(C, T, C, T)
         rows = []
         # layer L: Δ_L[(k,t), i] = δ_ki (the output is linear in u^L)
-        A = _gram(inputs[L - 1])
+        A = gram(inputs[L - 1])
         qhat = (A.diagonal().mean().item(), _offdiag_mean(A)) if T > 1 else (A.diagonal().mean().item(), float("nan"))
         A += 1.0
         for k in range(C):
@@ -216,8 +207,8 @@ def _dual_fast(params: Params, X: torch.Tensor, config: MLPConfig) -> tuple[torc
             Delta = dphi[L - 2].unsqueeze(0) * WL.unsqueeze(1)  # (C, T, M_{L-1})
             for l in range(L - 1, 0, -1):
                 Dm = Delta.reshape(n, -1)
-                DD = _gram(Dm)
-                A = _gram(inputs[l - 1])
+                DD = gram(Dm)
+                A = gram(inputs[l - 1])
                 m_in = inputs[l - 1].shape[1]
                 q00 = DD[:T, :T]
                 rows.append({
@@ -271,24 +262,10 @@ def _project_last(F: torch.Tensor, uL: torch.Tensor, norm: str) -> tuple[torch.T
         s = 1.0 / sigma
         F4 *= s.view(C, 1, 1, 1) * s.view(1, 1, C, 1)
         stats["sigma"] = sigma.detach().cpu().numpy().astype(np.float64)
-    return F, stats
+    return 0.5 * (F + F.T), stats
 
 
 # -- general route -----------------------------------------------------------------------
-
-def _sample_factor(H: torch.Tensor) -> torch.Tensor:
-    """``Rᵀ`` with ``R Rᵀ = K = H Hᵀ + 1`` (T × T), ``R`` of ``r = min(T, M+1)`` columns.
-
-    ``B = [H, 1]`` (T × (M+1)) gives ``K = B Bᵀ`` ((S.8)–(S.9): weight and bias gradients).  For
-    ``T <= M+1`` the QR factorisation ``Bᵀ = Q S`` (``S`` T × T upper triangular) gives
-    ``K = Sᵀ Qᵀ Q S = Sᵀ S``, so ``Rᵀ = S`` (r = T); otherwise ``Rᵀ = Bᵀ`` (r = M+1).  Exact up to
-    round-off (Householder QR is backward stable)."""
-    T, M = H.shape
-    B = torch.cat([H, torch.ones(T, 1, dtype=H.dtype, device=H.device)], 1)
-    if T <= M + 1:
-        return torch.linalg.qr(B.T, mode="r")[1]
-    return B.T.contiguous()
-
 
 def _factor_widths(config: MLPConfig, T: int) -> list[tuple[int, int]]:
     """``(r_l, M_l)`` of the per-output factor ``Rᵀ_l D^n_l`` of each layer (see :func:`_dual_general`)."""
@@ -316,35 +293,6 @@ def _general_plan(config: MLPConfig, T: int, itemsize: int = 8, chunk: int | Non
     if S < n:
         S = max(B, (S // B) * B)
     return B, S
-
-
-def _factor_product(Rt: torch.Tensor, D: torch.Tensor, out: torch.Tensor, blocks: int = 4) -> None:
-    """``out = Rt @ D`` for a batch ``D`` (b, T, M); when ``Rt`` is the upper-triangular QR factor
-    (square) the zero lower triangle is skipped block-wise (a trmm-like product: (k+1)/2k of the flops
-    for k row blocks)."""
-    r, T = Rt.shape
-    if r != T or T < 2 * blocks:
-        torch.matmul(Rt, D, out=out)
-        return
-    e = [(i * T) // blocks for i in range(blocks + 1)]
-    for i in range(blocks):
-        torch.matmul(Rt[e[i]:e[i + 1], e[i]:], D[:, e[i]:], out=out[:, e[i]:e[i + 1]])
-
-
-def _gram_sym(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """``A Aᵀ`` from the lower block triangle only (a syrk-like product in torch: ~(k+1)/2k of the
-    gemm flops for k row blocks, k ≈ 4 by default; torch's thread pool, any device), mirrored."""
-    n = A.shape[0]
-    block = block or max(64, -(-n // 4))
-    if n <= block:
-        return A @ A.T
-    out = torch.empty(n, n, dtype=A.dtype, device=A.device)
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
-        blk = A[i0:i1] @ A[:i1].T  # rows i0:i1, columns 0:i1 (one gemm per block row)
-        out[i0:i1, :i1] = blk
-        out[:i0, i0:i1] = blk[:, :i0].T
-    return out
 
 
 #: Placements whose hidden layers treat every sample separately: the samples meet only in the
@@ -401,7 +349,7 @@ def _dual_separable(params: Params, X: torch.Tensor, config: MLPConfig) -> torch
     uL = cache["uL"]
     Ks = []
     for H in cache["inputs"]:
-        K = _gram(H)
+        K = gram(H)
         K += 1.0
         Ks.append(K)
     tb = max(1, min(T, SEPARABLE_BATCH_BYTES // max(1, X.element_size() * C * max(sizes[1:]) * 4)))
@@ -412,7 +360,7 @@ def _dual_separable(params: Params, X: torch.Tensor, config: MLPConfig) -> torch
     F = torch.zeros(n, n, dtype=X.dtype, device=X.device)
     for Dl, K in zip(Ds, Ks):
         G = torch.cat(Dl).permute(1, 0, 2).reshape(n, -1)  # row k·T + t
-        F += _gram(G) * K.repeat(C, C)
+        F += gram(G) * K.repeat(C, C)
         del G
     if norm in ("last-mean", "last-bn"):
         def out_map(v: torch.Tensor) -> torch.Tensor:
@@ -435,7 +383,7 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
 
         F*_{nm} = (1/T) Σ_l Σ_{ab} (D^n_l D^mᵀ_l)_{ab} K_{ab} = (1/T) Σ_l ⟨Rᵀ_l D^n_l, Rᵀ_l D^m_l⟩_F,
 
-    with ``K = H_{l-1}H_{l-1}ᵀ + 1 = R_l R_lᵀ`` (:func:`_sample_factor`).  Each output's cotangents
+    with ``K = H_{l-1}H_{l-1}ᵀ + 1 = R_l R_lᵀ`` (:func:`~normfield.fisher.products.sample_factor`).  Each output's cotangents
     come from one vmapped full-batch backward pass (``chunk`` outputs at a time); its compact factor
     ``Rᵀ_l D^n_l`` (r_l × M_l, ``r_l = min(T, M_{l-1}+1)``) is stored and ``F* = Σ_l G_l G_lᵀ / T``
     is one syrk-like product per layer.  When the factors of all outputs do not fit under the
@@ -457,7 +405,7 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
 
     with torch.no_grad():
         _forward(params, X, config, cache=cache)
-        Rts = [_sample_factor(H) for H in cache["inputs"]]  # Rᵀ_l: (r_l, T)
+        Rts = [sample_factor(H) for H in cache["inputs"]]  # Rᵀ_l: (r_l, T)
     del cache
     _, vjp_fn = vjp(f_of_E, *zeros)
     B, S = _general_plan(config, T, X.element_size(), chunk, store)
@@ -471,7 +419,7 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
         Ds = batched(cot)  # each (b, T, M_l)
         del cot
         for G, D, Rt in zip(out, Ds, Rts):
-            _factor_product(Rt, D, G[:b])  # Rᵀ_l D^n_l
+            factor_product(Rt, D, G[:b])  # Rᵀ_l D^n_l
 
     F = torch.empty(n, n, dtype=X.dtype, device=X.device)
     stream = [torch.empty(min(B, n), r, m, dtype=X.dtype, device=X.device) for r, m in widths] if S < n else []
@@ -483,9 +431,9 @@ def _dual_general(params: Params, X: torch.Tensor, config: MLPConfig, chunk: int
             b = min(B, I1 - i0)
             factors_into([G[i0 - I0:] for G in GI], i0, b)
         flat = [G.reshape(s, -1) for G in GI]
-        diag = _gram_sym(flat[0])
+        diag = gram(flat[0])
         for A in flat[1:]:
-            diag += _gram_sym(A)
+            diag += gram(A)
         F[I0:I1, I0:I1] = diag
         del diag
         for j0 in range(I1, n, B):  # recomputed rows (only when the factors do not all fit)

@@ -29,7 +29,7 @@ def test_claim_runs_at_smoke_scale(cid, tmp_path):
 
 
 def test_fisher_cell_is_seeded():
-    from normfield.claims.karakida import fisher_cell
+    from normfield.fisher.cells import fisher_cell
 
     cell = {"activation": "relu", "sw2": 2.0, "sb2": 0.0, "depth": 3, "alphas": [1.0] * 3, "outputs": 1,
             "samples": 6, "width": 12, "norms": ["none", "last-mean"], "seed": 5}

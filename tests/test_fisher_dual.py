@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from normfield.errors import NormfieldError
-from normfield.fisher.dual import FAST_NORMS, fisher_dual, fisher_spectrum
+from normfield.experiments.fisher import fisher_spectrum
+from normfield.fisher.dual import FAST_NORMS, fisher_dual
 from normfield.fisher.networks import NORMS, MLPConfig, init_mlp, mlp_forward, sample_inputs
 
 

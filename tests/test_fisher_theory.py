@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from normfield.errors import NormfieldError
-from normfield.fisher.dual import fisher_dual, fisher_spectrum
+from normfield.experiments.fisher import fisher_spectrum
+from normfield.fisher.dual import fisher_dual
 from normfield.fisher.networks import MLPConfig, init_mlp
 from normfield.fisher.theory import (
     fisher_theory,
@@ -47,16 +48,16 @@ def test_relu_kappas_closed_form():
 def test_formulas_and_regimes():
     cfg = MLPConfig("relu", 2.0, 0.0, 3, 400, None, 2, 1)
     th = theory_no_norm(cfg)
-    assert th["lambda_max"] == pytest.approx(th["alpha"] * th["kappa1"] * 400)  # T = 1: ακ1M
-    assert th["m_lambda"] == pytest.approx(th["kappa1"] * 2 / 400)
+    assert th.lambda_max == pytest.approx(th.alpha * th.kappa1 * 400)  # T = 1: ακ1M
+    assert th.m_lambda == pytest.approx(th.kappa1 * 2 / 400)
     ms = theory_mean_subtraction(cfg.replace(samples=5))
-    assert "lambda_max" in ms and "fixed" in ms["regime"]
-    assert ms["lambda_max"] == pytest.approx(2 * (1.5 - th["kappa2"]) * 400 / 5)
+    assert ms.lambda_max is not None and "fixed" in ms.regime
+    assert ms.lambda_max == pytest.approx(2 * (1.5 - th.kappa2) * 400 / 5)
     big = theory_mean_subtraction(cfg.replace(samples=400))
-    assert "lambda_max_lower" in big and big["lambda_max_lower"] == pytest.approx(2 * (1.5 - th["kappa2"]))
+    assert big.lambda_max_lower is not None and big.lambda_max_lower == pytest.approx(2 * (1.5 - th.kappa2))
     bn = theory_last_bn(cfg.replace(samples=400), [1.0, 1.0])
-    assert bn["lambda_max_lower"] == pytest.approx(big["lambda_max_lower"])  # σ_k = 1 reduces to Thm 3.3
-    assert bn["m_lambda"] * 400 == pytest.approx(2 * (1.5 - th["kappa2"]))
+    assert bn.lambda_max_lower == pytest.approx(big.lambda_max_lower)  # σ_k = 1 reduces to Thm 3.3
+    assert bn.m_lambda * 400 == pytest.approx(2 * (1.5 - th.kappa2))
 
 
 def test_layer_norm_order_parameters_closed_form():
@@ -110,7 +111,7 @@ def test_thm34_bound_from_bn_order_parameters():
     assert r.lambda_max >= nu_F_nu * (1 - 1e-12)
     th = theory_middle_bn(cfg)
     se = gi.std().item() / math.sqrt(M)
-    assert abs(gi.mean().item() - th["lambda_max_lower"] / M) < 5 * se
+    assert abs(gi.mean().item() - th.lambda_max_lower / M) < 5 * se
 
 
 def test_thm41_mean_eigenvalue_matches_measurement():
@@ -121,8 +122,8 @@ def test_thm41_mean_eigenvalue_matches_measurement():
     ratios = []
     for _, row in df.iterrows():
         th = theory_layer_norm(cfg, {k: row[k] for k in ("eta1", "eta2", "eta3")})
-        ratios.append(row["m_lambda"] / th["m_lambda"])
-        assert th["lambda_max_lower"] > 0
+        ratios.append(row["m_lambda"] / th.m_lambda)
+        assert th.lambda_max_lower > 0
     x = np.array(ratios)
     tol = 4 * x.std(ddof=1) / math.sqrt(len(x)) + 5 / cfg.width
     assert abs(x.mean() - 1) < tol, (x, tol)
@@ -133,6 +134,6 @@ def test_thm33_fixed_T_mean_eigenvalue():
     cfg = MLPConfig("relu", 2.0, 0.0, 3, 300, None, 1, 4, "last-mean")
     th = theory_mean_subtraction(cfg)
     df = fisher_spectrum(cfg, seeds=6, seed=2)
-    x = df["m_lambda"].to_numpy() / th["m_lambda"]
+    x = df["m_lambda"].to_numpy() / th.m_lambda
     tol = 4 * x.std(ddof=1) / math.sqrt(len(x)) + 3 / cfg.width
     assert abs(x.mean() - 1) < tol, (x, tol)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from normfield.claims.registry import ClaimContext, ClaimResult, claim
 
@@ -23,95 +22,32 @@ PAPER = "Karakida et al. 2019"
 FIG1_SETTINGS = (("relu", 2.0, 0.0), ("tanh", 3.0, 0.64))
 
 
-# -- sweep cells (module level: picklable) -----------------------------------------------
-
-def _cfg(cell: dict, norm: str | None = None):
-    from normfield.fisher.networks import MLPConfig
-
-    return MLPConfig(cell["activation"], cell["sw2"], cell["sb2"], cell["depth"], cell["width"],
-                     tuple(cell["alphas"]) if cell.get("alphas") else None, cell["outputs"], cell["samples"],
-                     norm or cell.get("norm", "none"))
-
-
-def _row(res, norm: str) -> dict[str, Any]:
-    row = {"norm_used": norm, "lambda_max": res.lambda_max, "m_lambda": res.m_lambda,
-           "parameters": res.parameters, "top_cosine": res.top_cosine}
-    st = res.output_stats
-    if "sigma" in st:
-        row["Q1"] = float(np.sum(st["sigma"] ** -2.0))
-        row["Q2"] = float(np.sum(st["sigma"] ** -4.0))
-    for k in ("eta1", "eta2", "eta3"):
-        if k in st:
-            row[k] = st[k]
-    if res.order_parameters is not None:
-        for _, r in res.order_parameters.iterrows():
-            row[f"qtilde_st_01_l{int(r['layer'])}"] = float(r["qtilde_st_01"])
-    return row
-
-
-def fisher_cell(cell: dict) -> list[dict]:
-    """One random network and batch (seeded) → rows of λ_max, m_λ, ... for each placement in
-    ``cell["norms"]`` (fast route, one build) or for ``cell["norm"]`` (route auto)."""
-    from normfield.fisher.dual import FAST_NORMS, fisher_dual, fisher_dual_variants
-    from normfield.fisher.networks import init_mlp, sample_inputs
-
-    norms = cell.get("norms") or [cell.get("norm", "none")]
-    cfg = _cfg(cell, norms[0])
-    dtype = getattr(torch, cell.get("dtype", "float64"))
-    device = cell.get("device", "cpu")
-    g = torch.Generator().manual_seed(int(cell["seed"]))
-    params = init_mlp(cfg, g, dtype, device)
-    X = sample_inputs(cfg, g, dtype, device)
-    vectors = bool(cell.get("vectors", False))
-    if all(n in FAST_NORMS for n in norms):
-        res = fisher_dual_variants(params, X, cfg, norms, k=1, vectors=vectors, seed=int(cell["seed"]))
-        rows = [_row(res[n], n) for n in norms]
-    else:
-        rows = []
-        for n in norms:
-            r = fisher_dual(params, X, cfg.replace(norm=n), k=1, vectors=vectors, keep_dual=bool(cell.get("keep_max")),
-                            seed=int(cell["seed"]))
-            row = _row(r, n)
-            if cell.get("keep_max"):
-                row["max_abs_dual"] = float(np.abs(r.dual).max())
-                ref = fisher_dual(params, X, cfg.replace(norm="none"), k=1, vectors=False, keep_dual=True)
-                row["max_abs_dual_none"] = float(np.abs(ref.dual).max())
-            rows.append(row)
-    return rows
-
-
 # -- helpers ---------------------------------------------------------------------------
-
-def _cells(ctx: ClaimContext, base: dict, grid: list[dict], seeds: int, offset: int) -> list[dict]:
-    cells = []
-    i = 0
-    for g in grid:
-        for s in range(seeds):
-            cells.append({**base, **g, "seed": 100_000 * ctx.seed + 1000 * offset + i})
-            i += 1
-    return cells
-
 
 def _means(df: pd.DataFrame, y: str, by: list[str]) -> pd.DataFrame:
     return df.groupby(by, sort=True)[y].agg(["mean", "std", "count"]).reset_index()
 
 
 def _slope(x: Any, y: Any) -> float:
+    """Least-squares slope of log y on log x; NaN for fewer than two points or a non-positive y."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2 or np.any(y <= 0):
         return float("nan")
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def _theory(cell: dict, norm: str, stats: dict | None = None, **kw: Any) -> dict:
+def _network(act: str, sw2: float, sb2: float, **kw: Any):
+    """The L = 3, α_l = 1, C = 1 network of Fig. 1 with ``kw`` overrides (width, samples, ...)."""
+    from normfield.fisher.networks import MLPConfig
+
+    return MLPConfig(act, sw2, sb2, depth=3, alphas=(1.0, 1.0, 1.0), outputs=1, **kw)
+
+
+def _theory(base, norm: str, stats: dict | None = None, *, regime: str | None = None, **changes: Any):
+    """The prediction of the theorem of ``norm`` for ``base`` with ``changes`` (width, samples, ...)."""
     from normfield.fisher.theory import fisher_theory
 
-    return fisher_theory(_cfg(cell, norm), stats, **kw)
-
-
-def _base(act: str, sw2: float, sb2: float, **kw: Any) -> dict:
-    return {"activation": act, "sw2": sw2, "sb2": sb2, "depth": 3, "alphas": [1.0, 1.0, 1.0], "outputs": 1,
-            **kw}
+    return fisher_theory(base.replace(norm=norm, **changes), stats, regime=regime)
 
 
 def _verdict(ok: bool) -> str:
@@ -123,16 +59,26 @@ def _by_width(s: pd.DataFrame, col: str = "mean") -> dict[int, float]:
     return dict(zip(map(int, s["width"]), map(float, s[col])))
 
 
-def _sweep_setting(ctx: ClaimContext, claim_id: str, setting: tuple[str, float, float], grid: list[dict],
-                   seeds: int, offset: int, **base_kw: Any) -> tuple[dict, pd.DataFrame]:
-    """Sweep :func:`fisher_cell` over ``grid`` × ``seeds`` for one (activation, σ_w², σ_b²) setting.
+def _sweep(ctx: ClaimContext, name: str, base, grid: list[dict], seeds: int, block: int, norms: list[str],
+           **kw: Any) -> pd.DataFrame:
+    """Sweep ``grid`` × ``seeds`` networks of ``base`` through ``ctx.sweep``; cell ``i`` of the sweep
+    has seed ``block_seed(ctx.seed, block, i) = 100000·seed + 1000·block + i``."""
+    from normfield.experiments.fisher import run_fisher_sweep
+    from normfield.fisher.cells import FisherSweep
 
-    Returns the base cell and the tidy frame; the sweep is named ``f"{claim_id}-{activation}"``.
+    settings = FisherSweep(base, grid=tuple(grid), seeds=seeds, norms=tuple(norms), seed_block=block, **kw)
+    return run_fisher_sweep(settings, seed=ctx.seed, sweep=ctx.sweep, name=name)
+
+
+def _sweep_setting(ctx: ClaimContext, claim_id: str, setting: tuple[str, float, float], grid: list[dict],
+                   seeds: int, block: int, norms: list[str], samples: int = 100, **kw: Any) -> tuple[Any, pd.DataFrame]:
+    """Sweep one (activation, σ_w², σ_b²) setting of Fig. 1's network over ``grid`` × ``seeds``.
+
+    Returns the base network and the tidy frame; the sweep is named ``f"{claim_id}-{activation}"``.
     """
     act, sw2, sb2 = setting
-    base = _base(act, sw2, sb2, **base_kw)
-    df = ctx.sweep(fisher_cell, _cells(ctx, base, grid, seeds, offset), name=f"{claim_id}-{act}")
-    return base, df
+    base = _network(act, sw2, sb2, samples=samples)
+    return base, _sweep(ctx, f"{claim_id}-{act}", base, grid, seeds, block, norms, **kw)
 
 
 def _width_grid(widths: list[int], *, samples_equal_width: bool = False) -> list[dict]:
@@ -170,20 +116,20 @@ def claim_thm22(ctx: ClaimContext) -> ClaimResult:
         base, df = _sweep_setting(ctx, "K-thm2.2", (act, sw2, sb2), _width_grid(widths), seeds, 10 + j,
                                   samples=T, norms=["none"])
         frames.append(df)
-        th = {M: _theory({**base, "width": M}, "none") for M in widths}
+        th = {M: _theory(base, "none", width=M) for M in widths}
         lam = _means(df, "lambda_max", ["width"])
         ml = _means(df, "m_lambda", ["width"])
         Mx = widths[-1]
-        r_lam = float(lam["mean"].iloc[-1] / th[Mx]["lambda_max"])
-        r_m = float(ml["mean"].iloc[-1] / th[Mx]["m_lambda"])
+        r_lam = float(lam["mean"].iloc[-1] / th[Mx].lambda_max)
+        r_m = float(ml["mean"].iloc[-1] / th[Mx].m_lambda)
         slope = _slope(lam["width"], lam["mean"])
         measured[act] = {"lambda_max_over_theory_at_M_max": r_lam, "m_lambda_over_theory_at_M_max": r_m,
                          "loglog_slope_lambda_max": slope, "M_max": Mx,
                          "lambda_max_over_M_at_M_max": float(lam["mean"].iloc[-1] / Mx),
-                         "theory_lambda_max_over_M": th[Mx]["lambda_max"] / Mx,
-                         "kappa1": th[Mx]["kappa1"], "kappa2": th[Mx]["kappa2"]}
+                         "theory_lambda_max_over_M": th[Mx].lambda_max / Mx,
+                         "kappa1": th[Mx].kappa1, "kappa2": th[Mx].kappa2}
         ok &= abs(r_lam - 1) < 0.10 and abs(r_m - 1) < 0.10 and 0.9 <= slope <= 1.1
-        lines[f"Thm 2.2 {act}"] = (widths, [th[M]["lambda_max"] for M in widths])
+        lines[f"Thm 2.2 {act}"] = (widths, [th[M].lambda_max for M in widths])
     return _scaling_result(
         ctx, "K-thm2.2", frames, "lambda_max", ok, measured, data_key="thm22", theory=lines,
         title=f"Thm 2.2: λ_max vs M (L=3, C=1, T={T}, {seeds} seeds)", xlabel="M",
@@ -212,22 +158,22 @@ def claim_fig1(ctx: ClaimContext) -> ClaimResult:
         base, df = _sweep_setting(ctx, "K-fig1", (act, sw2, sb2), _width_grid(widths, samples_equal_width=True),
                                   seeds, 20 + j, norms=["none", "last-mean"])
         frames.append(df)
-        th_none = {M: _theory({**base, "width": M, "samples": M}, "none") for M in widths}
-        th_ms = {M: _theory({**base, "width": M, "samples": M}, "last-mean") for M in widths}
+        th_none = {M: _theory(base, "none", width=M, samples=M) for M in widths}
+        th_ms = {M: _theory(base, "last-mean", width=M, samples=M) for M in widths}
         s = _means(df, "lambda_max", ["norm_used", "width"])
         none = s[s.norm_used == "none"]
         ms = s[s.norm_used == "last-mean"]
         slope_none = _slope(none["width"], none["mean"])
         slope_ms = _slope(ms["width"], ms["mean"])
-        lower = th_ms[widths[0]]["lambda_max_lower"]  # ρα(κ1−κ2) with ρ = 1, independent of M
+        lower = th_ms[widths[0]].lambda_max_lower  # ρα(κ1−κ2) with ρ = 1, independent of M
         frac_above = float((df[df.norm_used == "last-mean"]["lambda_max"] >= lower).mean())
-        r_none = float(none["mean"].iloc[-1] / th_none[widths[-1]]["lambda_max"])
+        r_none = float(none["mean"].iloc[-1] / th_none[widths[-1]].lambda_max)
         measured[act] = {"slope_without": slope_none, "slope_with_mean_subtraction": slope_ms,
                          "lambda_max_with_at_M": _by_width(ms), "lambda_max_without_at_M": _by_width(none),
                          "lower_bound": lower, "fraction_of_seeds_above_bound": frac_above,
                          "without_over_thm22_at_M_max": r_none}
         ok &= 0.85 <= slope_none <= 1.15 and abs(slope_ms) <= 0.25 and frac_above == 1.0
-        lines[f"Thm 2.2 {act}"] = (widths, [th_none[M]["lambda_max"] for M in widths])
+        lines[f"Thm 2.2 {act}"] = (widths, [th_none[M].lambda_max for M in widths])
         lines[f"Thm 3.3 bound {act}"] = (widths, [lower] * len(widths))
     return _scaling_result(
         ctx, "K-fig1", frames, "lambda_max", ok, measured, data_key="fig1", by=["activation", "norm_used"],
@@ -253,18 +199,18 @@ def claim_thm33(ctx: ClaimContext) -> ClaimResult:
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
         base, df = _sweep_setting(ctx, "K-thm3.3", (act, sw2, sb2), _width_grid(widths), seeds, 30 + j,
                                   samples=T, norms=["last-mean"])
-        th = {M: _theory({**base, "width": M}, "last-mean", regime="fixed-T") for M in widths}
-        df["lambda_ratio"] = [r.lambda_max / th[r.width]["lambda_max"] for r in df.itertuples()]
-        df["m_ratio"] = [r.m_lambda / th[r.width]["m_lambda"] for r in df.itertuples()]
+        th = {M: _theory(base, "last-mean", regime="fixed-T", width=M) for M in widths}
+        df["lambda_ratio"] = [r.lambda_max / th[r.width].lambda_max for r in df.itertuples()]
+        df["m_ratio"] = [r.m_lambda / th[r.width].m_lambda for r in df.itertuples()]
         frames.append(df)
         lr = _means(df, "lambda_ratio", ["width"])
         mr = _means(df, "m_ratio", ["width"])
         dev = (lr["mean"] - 1).abs().to_numpy()
         measured[act] = {"lambda_max_over_theory": _by_width(lr),
                          "m_lambda_over_theory_at_M_max": float(mr["mean"].iloc[-1]),
-                         "kappa1_minus_kappa2": th[widths[0]]["kappa1"] - th[widths[0]]["kappa2"]}
+                         "kappa1_minus_kappa2": th[widths[0]].kappa1 - th[widths[0]].kappa2}
         ok &= dev[-1] < 0.15 and dev[-1] < dev[0] and abs(mr["mean"].iloc[-1] - 1) < 0.10
-        lines[f"Thm 3.3 (17) {act}"] = (widths, [th[M]["lambda_max"] for M in widths])
+        lines[f"Thm 3.3 (17) {act}"] = (widths, [th[M].lambda_max for M in widths])
     return _scaling_result(
         ctx, "K-thm3.3", frames, "lambda_max", ok, measured, data_key="thm33", theory=lines,
         title=f"Thm 3.3(i): mean subtraction, T = {T} ({seeds} seeds)", xlabel="M",
@@ -289,11 +235,11 @@ def claim_eq19(ctx: ClaimContext) -> ClaimResult:
     for j, (act, sw2, sb2) in enumerate(FIG1_SETTINGS):
         base, df = _sweep_setting(ctx, "K-eq19", (act, sw2, sb2), _width_grid(widths, samples_equal_width=True),
                                   seeds, 40 + j, norms=["last-bn"])
-        ths = [_theory({**base, "width": r.width, "samples": r.width}, "last-bn", {"Q1": r.Q1, "Q2": r.Q2})
+        ths = [_theory(base, "last-bn", {"Q1": r.Q1, "Q2": r.Q2}, width=r.width, samples=r.width)
                for r in df.itertuples()]
-        df["m_ratio"] = [r.m_lambda / t["m_lambda"] for r, t in zip(df.itertuples(), ths)]
-        df["lower"] = [t["lambda_max_lower"] for t in ths]
-        df["upper_leading"] = [t["lambda_max_upper"] for t in ths]
+        df["m_ratio"] = [r.m_lambda / t.m_lambda for r, t in zip(df.itertuples(), ths)]
+        df["lower"] = [t.lambda_max_lower for t in ths]
+        df["upper_leading"] = [t.lambda_max_upper for t in ths]
         frames.append(df)
         mr = _means(df, "m_ratio", ["width"])
         lam = _means(df, "lambda_max", ["width"])
@@ -360,17 +306,17 @@ def claim_thm34(ctx: ClaimContext) -> ClaimResult:
     for j, (act, sw2, sb2) in enumerate((("relu", 2.0, 0.0), ("sigmoid", 2.0, 0.0))):
         base, df = _sweep_setting(ctx, "K-thm3.4", (act, sw2, sb2), _width_grid(widths), seeds, 60 + j,
                                   samples=T, norms=["middle-bn"])
-        th = {M: _theory({**base, "width": M}, "middle-bn") for M in widths}
-        df["lower"] = [th[r.width]["lambda_max_lower"] for r in df.itertuples()]
+        th = {M: _theory(base, "middle-bn", width=M) for M in widths}
+        df["lower"] = [th[r.width].lambda_max_lower for r in df.itertuples()]
         frames.append(df)
         lam = _means(df, "lambda_max", ["width"])
         slope = _slope(lam["width"], lam["mean"])
         above = float((df["lambda_max"] >= df["lower"]).mean())
         measured[act] = {"loglog_slope_lambda_max": slope, "fraction_above_bound": above,
-                         "lambda_max_over_bound_at_M_max": float(lam["mean"].iloc[-1] / th[widths[-1]]["lambda_max_lower"]),
-                         "qhat_t_bn": th[widths[0]]["qhat_t_bn"], "qhat_st_bn": th[widths[0]]["qhat_st_bn"]}
+                         "lambda_max_over_bound_at_M_max": float(lam["mean"].iloc[-1] / th[widths[-1]].lambda_max_lower),
+                         "qhat_t_bn": th[widths[0]].constants["qhat_t_bn"], "qhat_st_bn": th[widths[0]].constants["qhat_st_bn"]}
         ok &= 0.85 <= slope <= 1.15 and above == 1.0
-        lines[f"Thm 3.4 bound {act}"] = (widths, [th[M]["lambda_max_lower"] for M in widths])
+        lines[f"Thm 3.4 bound {act}"] = (widths, [th[M].lambda_max_lower for M in widths])
     return _scaling_result(
         ctx, "K-thm3.4", frames, "lambda_max", ok, measured, data_key="thm34", theory=lines,
         title=f"Thm 3.4: BN in hidden layers, T = {T} ({seeds} seeds)", xlabel="M",
@@ -395,16 +341,16 @@ def claim_thm41(ctx: ClaimContext) -> ClaimResult:
     T = ctx.pick(smoke=4, quick=10, paper=20)
     seeds = ctx.pick(smoke=2, quick=4, paper=10)
     act, sw2, sb2 = "tanh", 3.0, 0.64
-    base = _base(act, sw2, sb2, samples=T, norms=["layer"])
+    base = _network(act, sw2, sb2, samples=T)
     grid = [{"width": M, "outputs": C} for C in Cs for M in widths]
-    df = ctx.sweep(fisher_cell, _cells(ctx, base, grid, seeds, 70), name="K-thm4.1")
-    ths = [_theory({**base, "width": r.width, "outputs": r.outputs}, "layer",
-                   {"eta1": r.eta1, "eta2": r.eta2, "eta3": r.eta3}) for r in df.itertuples()]
-    df["lower"] = [t["lambda_max_lower"] for t in ths]
-    df["upper"] = [t["lambda_max_upper"] for t in ths]
-    df["m_ratio"] = [r.m_lambda / t["m_lambda"] for r, t in zip(df.itertuples(), ths)]
+    df = _sweep(ctx, "K-thm4.1", base, grid, seeds, 70, ["layer"])
+    ths = [_theory(base, "layer", {"eta1": r.eta1, "eta2": r.eta2, "eta3": r.eta3}, width=r.width,
+                   outputs=r.outputs) for r in df.itertuples()]
+    df["lower"] = [t.lambda_max_lower for t in ths]
+    df["upper"] = [t.lambda_max_upper for t in ths]
+    df["m_ratio"] = [r.m_lambda / t.m_lambda for r, t in zip(df.itertuples(), ths)]
     # the per-network scale α√s of (26)-(27): λ_max/(α√s) should grow ∝ M whatever the η's
-    df["lambda_max_over_alpha_sqrt_s"] = [r.lambda_max / (t["alpha"] * math.sqrt(t["s"]))
+    df["lambda_max_over_alpha_sqrt_s"] = [r.lambda_max / (t.alpha * math.sqrt(t.constants["s"]))
                                           for r, t in zip(df.itertuples(), ths)]
     measured: dict[str, Any] = {}
     ok = True
@@ -430,8 +376,7 @@ def claim_thm41(ctx: ClaimContext) -> ClaimResult:
                               "m_lambda_over_theory_at_M_max": mr}
         ok &= 0.85 <= slope <= 1.15 and med_lo >= 1.0 and med_up <= 1.0 and abs(mr - 1) < 0.10
     # C = 2: exactly zero
-    c2 = ctx.sweep(fisher_cell, _cells(ctx, {**base, "keep_max": True}, [{"width": widths[0], "outputs": 2}], 1, 79),
-                   name="K-thm4.1-C2")
+    c2 = _sweep(ctx, "K-thm4.1-C2", base, [{"width": widths[0], "outputs": 2}], 1, 79, ["layer"], keep_max=True)
     rel = float(c2["max_abs_dual"].iloc[0] / c2["max_abs_dual_none"].iloc[0])
     measured["C=2"] = {"max_abs_dual_over_unnormalized": rel}
     ok &= rel < 1e-12

@@ -50,40 +50,26 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.core.validation import check_device, check_int
-    from normfield.fisher.dual import fisher_spectrum
+    from normfield.experiments.fisher import fisher_spectrum, theory_over_seeds
     from normfield.fisher.networks import MLPConfig
-    from normfield.fisher.theory import fisher_theory
 
     alphas = parse_float_list("--alphas", args.alphas)
-    try:
-        cfg = MLPConfig(args.activation, args.sw2, args.sb2, args.depth, args.width,
-                        tuple(alphas) if alphas else None, args.outputs, args.samples, args.norm)
-    except NormfieldError as e:
-        arg = f"--{e.argument}" if e.argument else "argument"
-        raise NormfieldError(f"{arg}: {e}", argument=arg) from None
-    if cfg.norm == "layer" and cfg.outputs == 2:
-        raise NormfieldError(
-            "--outputs 2 with --norm layer: the FIM is exactly zero (layer norm over two outputs gives "
-            "ū_1 = −ū_2 and σ = |ū_1|, so both outputs are ±1 whatever the parameters); use --outputs >= 3",
-            argument="--outputs")
     seeds = check_int("--seeds", args.seeds, minimum=1)
     seed = check_int("--seed", args.seed, minimum=0)
     device = check_device("--device", args.device)
+    try:
+        cfg = MLPConfig(args.activation, args.sw2, args.sb2, args.depth, args.width,
+                        tuple(alphas) if alphas else None, args.outputs, args.samples, args.norm)
+        cfg.placement.check_spectrum(cfg)
+    except NormfieldError as e:
+        arg = f"--{e.argument}" if e.argument else "argument"
+        raise NormfieldError(f"{arg}: {e}", argument=arg) from None
     df = fisher_spectrum(cfg, seeds=seeds, seed=seed, dtype=args.dtype, device=device, route=args.route,
                          progress=(seeds > 1 and not args.json))
-    # theory, per seed where it uses measured output statistics, then averaged
     theory: dict[str, Any] = {}
     note = ""
     try:
-        per = []
-        for _, r in df.iterrows():
-            stats = {k: float(r[k]) for k in ("Q1", "Q2", "eta1", "eta2", "eta3") if k in df.columns}
-            per.append(fisher_theory(cfg, stats))
-        for key, v in per[0].items():
-            if isinstance(v, (int, float)):
-                theory[key] = sum(p[key] for p in per) / len(per)
-            else:
-                theory[key] = v
+        theory = theory_over_seeds(cfg, df).to_dict()
     except NormfieldError as e:
         note = str(e)
     payload = {

@@ -1,17 +1,20 @@
-"""fisher subpackage."""
+"""The Fisher information of random MLPs (Karakida, Akaho & Amari 2019).
 
-__all__: list[str] = []
+Order parameters and their mean-field recursions (:mod:`~normfield.fisher.order_params`),
+random networks (:mod:`~normfield.fisher.networks`), the normalization placements as objects
+(:mod:`~normfield.fisher.placements`), the exact reversed FIM and its spectrum
+(:mod:`~normfield.fisher.dual`), the theorems (:mod:`~normfield.fisher.theory`) and sweep
+settings and cells (:mod:`~normfield.fisher.cells`; the sweeps themselves run from
+:mod:`normfield.experiments.fisher`).
+"""
 
-# -- engineer F: order parameters (Karakida eqs. 5-7, 11) ----------------------
-from normfield.fisher.order_params import OrderParameters, order_parameters  # noqa: E402
-
-__all__ += ["OrderParameters", "order_parameters"]
-# -- end engineer F -------------------------------------------------------------
-
-# -- engineer K: networks, Fisher dual engine, theory ---------------------------
-from normfield.fisher.networks import MLPConfig, init_mlp, mlp_forward, sample_inputs  # noqa: E402
-from normfield.fisher.dual import FisherResult, fisher_dual, fisher_dual_variants, fisher_spectrum  # noqa: E402
-from normfield.fisher.theory import (  # noqa: E402
+from normfield.fisher.cells import FisherSweep, fisher_cell
+from normfield.fisher.dual import FisherResult, fisher_dual, fisher_dual_variants
+from normfield.fisher.networks import MLPConfig, init_mlp, mlp_forward, sample_inputs
+from normfield.fisher.order_params import OrderParameters, order_parameters
+from normfield.fisher.placements import PLACEMENTS, Placement, get_placement
+from normfield.fisher.theory import (
+    Prediction,
     fisher_theory,
     layer_norm_order_parameters,
     theory_last_bn,
@@ -21,8 +24,16 @@ from normfield.fisher.theory import (  # noqa: E402
     theory_no_norm,
 )
 
-__all__ += ["MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "FisherResult", "fisher_dual",
-            "fisher_dual_variants", "fisher_spectrum", "fisher_theory", "theory_no_norm",
-            "theory_mean_subtraction", "theory_last_bn", "theory_middle_bn", "theory_layer_norm",
-            "layer_norm_order_parameters"]
-# -- end engineer K ---------------------------------------------------------------
+__all__ = [
+    # order parameters (eqs. 5-7, 11)
+    "OrderParameters", "order_parameters",
+    # networks and placements
+    "MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "Placement", "PLACEMENTS", "get_placement",
+    # the reversed FIM
+    "FisherResult", "fisher_dual", "fisher_dual_variants",
+    # theorems
+    "Prediction", "fisher_theory", "theory_no_norm", "theory_mean_subtraction", "theory_last_bn",
+    "theory_middle_bn", "theory_layer_norm", "layer_norm_order_parameters",
+    # sweeps
+    "FisherSweep", "fisher_cell",
+]

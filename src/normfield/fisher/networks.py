@@ -6,17 +6,10 @@ The network (Karakida, Akaho & Amari 2019, eq. (1)–(3)) is
 
 with ``W^l_ij ~ N(0, σ_w²/M_{l-1})``, ``b^l_i ~ N(0, σ_b²)``, hidden widths
 ``M_l = α_l M``, input dimension ``M_0 = α_0 M``, ``C`` linear outputs and ``T``
-inputs ``x(t) ~ N(0, I)``.  Normalization placements (statistics over all ``T``
-samples, i.e. the full batch, as in the paper; ``γ = 1``, ``β = 0``):
-
-* ``none``       — the plain network.
-* ``last-mean``  — eq. (15): ``f_k(t) = u^L_k(t) − E_t[u^L_k]``.
-* ``last-bn``    — eq. (13)–(14): ``f_k(t) = (u^L_k(t) − μ_k)/σ_k`` with the
-  biased batch standard deviation.
-* ``middle-bn``  — eq. (20)–(21): batch norm of every hidden pre-activation,
-  ``h^l = φ((u^l − μ^l)/σ^l)``; the output is not normalized.
-* ``layer``      — eq. (24)–(25): layer norm of every layer's pre-activation
-  over its units, including the output ``f = LN(u^L)``.
+inputs ``x(t) ~ N(0, I)``.  The normalization placements (``none``, ``last-mean``,
+``last-bn``, ``middle-bn``, ``layer``; statistics over the full batch, ``γ = 1``,
+``β = 0``) are objects of :mod:`normfield.fisher.placements`: the forward pass
+applies the placement's hidden and output steps, and the settings are checked by it.
 
 The parameters θ are all ``W^l`` and ``b^l`` (``P = Σ_l M_l (M_{l-1} + 1)``);
 ``γ`` and ``β`` are fixed hyperparameters, not parameters, as in the paper.
@@ -33,11 +26,9 @@ import torch
 from normfield.core.activations import Activation, get_activation
 from normfield.core.validation import check_choice, check_device, check_float, check_int, check_memory
 from normfield.errors import NormfieldError
+from normfield.fisher.placements import NORMS, Placement, get_placement
 
 __all__ = ["NORMS", "MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "make_generator"]
-
-#: Normalization placements, in the paper's order.
-NORMS = ("none", "last-mean", "last-bn", "middle-bn", "layer")
 
 Params = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -105,31 +96,14 @@ class MLPConfig:
                     f"width M_{l} = round(α_{l}·M) = {m} must be >= 1; raise width or alphas[{l}]",
                     argument="width",
                 )
-        if self.norm in ("last-mean", "last-bn", "middle-bn") and self.samples < 2:
-            raise NormfieldError(
-                f"samples must be >= 2 under norm={self.norm} (the batch mean of one sample is the "
-                f"sample itself, so the normalized output is constant), got {self.samples}",
-                argument="samples",
-            )
-        if self.norm == "layer":
-            if self.outputs < 2:
-                raise NormfieldError(
-                    "outputs must be >= 2 under norm=layer (layer norm of a single output unit divides "
-                    "0 by 0); the theory (Thm 4.1) needs outputs >= 3",
-                    argument="outputs",
-                )
-            small = [l for l, m in enumerate(self.widths) if l >= 1 and m < 2]
-            if small:
-                raise NormfieldError(
-                    f"hidden widths must be >= 2 under norm=layer (layer norm over one unit divides 0 by 0); "
-                    f"M_{small[0]} = {self.widths[small[0]]}",
-                    argument="width",
-                )
-        if self.norm == "middle-bn" and L < 2:
-            raise NormfieldError("depth must be >= 2 under norm=middle-bn (it normalizes hidden layers)",
-                                 argument="depth")
+        self.placement.check(self)
 
     # -- derived sizes -----------------------------------------------------------------
+    @property
+    def placement(self) -> Placement:
+        """The normalization placement object of :attr:`norm`."""
+        return get_placement(self.norm)
+
     @property
     def act(self) -> Activation:
         """The resolved activation."""
@@ -253,18 +227,6 @@ def sample_inputs(
     return X.to(device=dev, dtype=dtype)
 
 
-def _batch_norm(u: torch.Tensor) -> torch.Tensor:
-    """Full-batch normalization over samples (dim 0), biased std (eq. (14)/(21))."""
-    c = u - u.mean(dim=0, keepdim=True)
-    return c / torch.sqrt((c * c).mean(dim=0, keepdim=True))
-
-
-def _layer_norm(u: torch.Tensor) -> torch.Tensor:
-    """Normalization of each sample over its units (dim 1), eq. (25)."""
-    c = u - u.mean(dim=1, keepdim=True)
-    return c / torch.sqrt((c * c).mean(dim=1, keepdim=True))
-
-
 def check_params(params: Params, X: torch.Tensor, config: MLPConfig) -> None:
     """Shapes of ``params`` and ``X`` against ``config``; raise naming the mismatch."""
     sizes = config.layer_sizes
@@ -278,9 +240,7 @@ def check_params(params: Params, X: torch.Tensor, config: MLPConfig) -> None:
                 f"{tuple(W.shape)} and {tuple(b.shape)}", argument="params")
     if X.ndim != 2 or X.shape[1] != sizes[0]:
         raise NormfieldError(f"X must have shape (T, {sizes[0]}), got {tuple(X.shape)}", argument="X")
-    T = X.shape[0]
-    if config.norm in ("last-mean", "last-bn", "middle-bn") and T < 2:
-        raise NormfieldError(f"X must hold >= 2 samples under norm={config.norm}, got {T}", argument="X")
+    config.placement.check_samples(X.shape[0], "X")
 
 
 def _forward(
@@ -289,12 +249,14 @@ def _forward(
     config: MLPConfig,
     perturb: Sequence[torch.Tensor] | None = None,
     cache: dict | None = None,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """Forward pass; ``perturb[l]`` is added to the pre-activation ``u^{l+1}`` (for
-    full-batch VJPs with respect to pre-activations).  If ``cache`` is a dict it
-    receives ``inputs`` (the ``h^{l-1}`` fed to each layer) and ``uL``."""
+    """Forward pass with the placement's steps; ``perturb[l]`` is added to the pre-activation
+    ``u^{l+1}`` (for full-batch VJPs with respect to pre-activations).  If ``cache`` is a dict it
+    receives ``inputs`` (the ``h^{l-1}`` fed to each layer) and ``uL``.  ``per_sample`` leaves out
+    the output step that couples the samples (:meth:`Placement.batch_output`)."""
     act = config.act
-    norm = config.norm
+    placement = config.placement
     L = len(params)
     h = X
     inputs = []
@@ -304,20 +266,11 @@ def _forward(
         if perturb is not None:
             u = u + perturb[l - 1]
         if l < L:
-            if norm == "middle-bn":
-                u = _batch_norm(u)
-            elif norm == "layer":
-                u = _layer_norm(u)
-            h = act(u)
+            h = act(placement.hidden(u))
         else:
             if cache is not None:
                 cache["uL"] = u
-            if norm == "last-mean":
-                u = u - u.mean(dim=0, keepdim=True)
-            elif norm == "last-bn":
-                u = _batch_norm(u)
-            elif norm == "layer":
-                u = _layer_norm(u)
+            u = placement.per_sample_output(u) if per_sample else placement.output(u)
             if cache is not None:
                 cache["inputs"] = inputs
             return u

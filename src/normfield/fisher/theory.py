@@ -1,9 +1,12 @@
 """Predictions of Karakida, Akaho & Amari 2019 for the FIM's eigenvalue statistics.
 
-Every function returns a dict of named predictions together with ``regime`` (the
-asymptotic regime the theorem covers), ``reference`` (theorem and equations) and
-the constants used (``kappa1``, ``kappa2``, ``alpha``, ...).  Asking outside the
-regime raises :class:`~normfield.errors.NormfieldError`, naming the condition.
+Every theorem returns a :class:`Prediction`: the predicted ``m_λ``, ``λ_max`` or its
+bounds, the constants used (``kappa1``, ``kappa2``, ``alpha``, ...), the asymptotic
+regime the theorem covers and its reference (theorem and equations);
+:meth:`Prediction.to_dict` is the flat JSON view.  Asking outside the regime raises
+:class:`~normfield.errors.NormfieldError`, naming the condition.  Which theorem
+applies to which placement is a property of the placement
+(:mod:`normfield.fisher.placements`).
 
 Conventions (checked numerically against the exact dual, see tests): ``M`` is the
 base width with ``M_l = α_l M``; ``α = Σ_{l=1}^{L-1} α_l α_{l-1}`` so ``P ≈ α M²``;
@@ -18,16 +21,21 @@ with ``c = 0``.  The lower bound then stays a valid asymptotic lower bound
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from normfield.core.activations import get_activation
 from normfield.core.validation import check_float
 from normfield.errors import NormfieldError
-from normfield.fisher.networks import MLPConfig
+
+if TYPE_CHECKING:  # the placements (imported by networks) dispatch to this module
+    from normfield.fisher.networks import MLPConfig
 
 __all__ = [
+    "Prediction",
+    "average_predictions",
     "kappas",
     "is_centered",
     "theory_no_norm",
@@ -41,6 +49,74 @@ __all__ = [
 ]
 
 REF = "Karakida et al. 2019"
+
+#: The predicted quantities, in the order :meth:`Prediction.to_dict` lists them.
+PREDICTED = ("m_lambda", "lambda_max", "lambda_max_lower", "lambda_max_upper")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One theorem's predictions for one network setting (Karakida et al. 2019).
+
+    Attributes:
+        theorem: ``"Thm 2.2"``, ``"Thm 3.3"``, ``"eq. (19)"``, ``"Thm 3.4"`` or ``"Thm 4.1"``.
+        equations: the equations and appendix sections it rests on, e.g. ``"eq. (10)–(11)"``.
+        regime: the asymptotic regime the theorem covers.
+        m_lambda: predicted mean eigenvalue ``m_λ`` (``None`` where the theorem is silent).
+        lambda_max: predicted largest eigenvalue ``λ_max`` (asymptotic equality).
+        lambda_max_lower: asymptotic lower bound on ``λ_max`` (unknown constants set to 0).
+        lambda_max_upper: leading term of the asymptotic upper bound on ``λ_max``.
+        kappa1, kappa2: ``κ1, κ2`` of eq. (11) (``κ'1, κ'2`` of (S.102) under layer norm).
+        alpha: ``α = Σ_l α_l α_{l−1}`` (``P ≈ α M²``).
+        constants: the theorem's further constants by name (``rho``, ``Q1``, ``Q2``, ``s``,
+            ``eta1..3``, ``qhat_t_bn``, ...).
+        paper: the paper.
+    """
+
+    theorem: str
+    equations: str
+    regime: str
+    m_lambda: float | None = None
+    lambda_max: float | None = None
+    lambda_max_lower: float | None = None
+    lambda_max_upper: float | None = None
+    kappa1: float | None = None
+    kappa2: float | None = None
+    alpha: float | None = None
+    constants: Mapping[str, float] = field(default_factory=dict)
+    paper: str = REF
+
+    @property
+    def reference(self) -> str:
+        """``"<paper>, <theorem>, <equations>"``."""
+        return f"{self.paper}, {self.theorem}, {self.equations}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON view: the predicted quantities present, ``kappa1, kappa2, alpha``, the other
+        constants, ``regime`` and ``reference`` (the keys of ``normfield fisher --json``'s ``theory``)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in PREDICTED if getattr(self, k) is not None}
+        out.update({k: getattr(self, k) for k in ("kappa1", "kappa2", "alpha") if getattr(self, k) is not None})
+        out.update(self.constants)
+        out["regime"] = self.regime
+        out["reference"] = self.reference
+        return out
+
+
+def average_predictions(predictions: Sequence[Prediction]) -> Prediction:
+    """The mean of per-network predictions of one theorem (e.g. eq. (19) with each network's σ_k):
+    every number averaged over ``predictions``, the texts of the first."""
+    if not predictions:
+        raise NormfieldError("average_predictions needs at least one prediction", argument="predictions")
+    first = predictions[0]
+    n = len(predictions)
+
+    def mean(values: list) -> Any:
+        return None if values[0] is None else sum(values) / n
+
+    nums = {f.name: mean([getattr(p, f.name) for p in predictions]) for f in fields(Prediction)
+            if f.name in PREDICTED or f.name in ("kappa1", "kappa2", "alpha")}
+    consts = {k: sum(p.constants[k] for p in predictions) / n for k in first.constants}
+    return Prediction(first.theorem, first.equations, first.regime, constants=consts, paper=first.paper, **nums)
 
 
 def kappas(config: MLPConfig) -> dict[str, float]:
@@ -78,7 +154,7 @@ def _require_noncentered(config: MLPConfig, what: str) -> None:
             argument="sb2")
 
 
-def theory_no_norm(config: MLPConfig) -> dict[str, Any]:
+def theory_no_norm(config: MLPConfig) -> Prediction:
     """Thm 2.2, eq. (10): ``m_λ ∼ κ1 C/M``, ``λ_max ∼ α((T−1)/T κ2 + κ1/T) M``.
 
     Regime: non-centered network, i.i.d. N(0, I) inputs, M → ∞ with C, T, L, α_l fixed.
@@ -87,13 +163,9 @@ def theory_no_norm(config: MLPConfig) -> dict[str, Any]:
     k = kappas(config)
     M, T, C = config.width, config.samples, config.outputs
     k1, k2, a = k["kappa1"], k["kappa2"], k["alpha"]
-    return {
-        "m_lambda": k1 * C / M,
-        "lambda_max": a * ((T - 1) / T * k2 + k1 / T) * M,
-        **k,
-        "regime": "M → ∞, T and C fixed; non-centered network",
-        "reference": f"{REF}, Thm 2.2, eq. (10)–(11)",
-    }
+    return Prediction("Thm 2.2", "eq. (10)–(11)", "M → ∞, T and C fixed; non-centered network",
+                      m_lambda=k1 * C / M, lambda_max=a * ((T - 1) / T * k2 + k1 / T) * M,
+                      kappa1=k1, kappa2=k2, alpha=a)
 
 
 def _mean_sub_regime(M: int, T: int, regime: str | None) -> str:
@@ -104,7 +176,7 @@ def _mean_sub_regime(M: int, T: int, regime: str | None) -> str:
     return regime
 
 
-def theory_mean_subtraction(config: MLPConfig, *, regime: str | None = None) -> dict[str, Any]:
+def theory_mean_subtraction(config: MLPConfig, *, regime: str | None = None) -> Prediction:
     """Thm 3.3, eq. (16)–(18): last-layer mean subtraction (eq. (15)).
 
     ``m_λ ∼ (1 − 1/T)(κ1 − κ2) C/M`` (16).  (i) T >= 2 fixed: ``λ_max ∼ α(κ1 − κ2) M/T`` (17).
@@ -122,23 +194,20 @@ def theory_mean_subtraction(config: MLPConfig, *, regime: str | None = None) -> 
     k = kappas(config)
     k1, k2, a = k["kappa1"], k["kappa2"], k["alpha"]
     reg = _mean_sub_regime(M, T, regime)
-    out: dict[str, Any] = {"m_lambda": (1 - 1 / T) * (k1 - k2) * C / M, **k}
+    m_lambda = (1 - 1 / T) * (k1 - k2) * C / M
     if reg == "fixed-T":
-        out["lambda_max"] = a * (k1 - k2) * M / T
-        out["regime"] = "M → ∞ with T >= 2 fixed (T = O(1)); non-centered network"
-        out["reference"] = f"{REF}, Thm 3.3, eq. (16)–(17)"
-    else:
-        rho = M / T
-        out["rho"] = rho
-        out["lambda_max_lower"] = rho * a * (k1 - k2)
-        out["lambda_max_upper"] = math.sqrt(C * a * a * rho * (k1 - k2) ** 2 * M)
-        out["regime"] = "M → ∞ with ρ = M/T fixed (T = O(M)); gradient independence; c1 = c2 = 0"
-        out["reference"] = f"{REF}, Thm 3.3, eq. (16), (18)"
-    return out
+        return Prediction("Thm 3.3", "eq. (16)–(17)", "M → ∞ with T >= 2 fixed (T = O(1)); non-centered network",
+                          m_lambda=m_lambda, lambda_max=a * (k1 - k2) * M / T, kappa1=k1, kappa2=k2, alpha=a)
+    rho = M / T
+    return Prediction("Thm 3.3", "eq. (16), (18)",
+                      "M → ∞ with ρ = M/T fixed (T = O(M)); gradient independence; c1 = c2 = 0",
+                      m_lambda=m_lambda, lambda_max_lower=rho * a * (k1 - k2),
+                      lambda_max_upper=math.sqrt(C * a * a * rho * (k1 - k2) ** 2 * M),
+                      kappa1=k1, kappa2=k2, alpha=a, constants={"rho": rho})
 
 
 def theory_last_bn(config: MLPConfig, sigma: Sequence[float] | None = None, *, Q1: float | None = None,
-                   Q2: float | None = None) -> dict[str, Any]:
+                   Q2: float | None = None) -> Prediction:
     """Eq. (19): last-layer batch norm (eq. (13)–(14)) with T = O(M), ρ = M/T.
 
     ``m_λ ∼ Q1(κ1 − κ2)/M``, ``ρα(Q2/Q1)(κ1 − κ2) + c1' <= λ_max <= √((Q2α²ρ(κ1−κ2)² + c2')M)``,
@@ -171,14 +240,11 @@ def theory_last_bn(config: MLPConfig, sigma: Sequence[float] | None = None, *, Q
     k = kappas(config)
     k1, k2, a = k["kappa1"], k["kappa2"], k["alpha"]
     rho = M / T
-    return {
-        "m_lambda": Q1 * (k1 - k2) / M,
-        "lambda_max_lower": rho * a * Q2 / Q1 * (k1 - k2),
-        "lambda_max_upper": math.sqrt(Q2 * a * a * rho * (k1 - k2) ** 2 * M),
-        "Q1": Q1, "Q2": Q2, "rho": rho, **k,
-        "regime": "M → ∞ with ρ = M/T fixed; gradient independence; c1' = c2' = 0",
-        "reference": f"{REF}, eq. (19), App. B.2 (S.43)–(S.55)",
-    }
+    return Prediction("eq. (19)", "App. B.2 (S.43)–(S.55)",
+                      "M → ∞ with ρ = M/T fixed; gradient independence; c1' = c2' = 0",
+                      m_lambda=Q1 * (k1 - k2) / M, lambda_max_lower=rho * a * Q2 / Q1 * (k1 - k2),
+                      lambda_max_upper=math.sqrt(Q2 * a * a * rho * (k1 - k2) ** 2 * M),
+                      kappa1=k1, kappa2=k2, alpha=a, constants={"Q1": Q1, "Q2": Q2, "rho": rho})
 
 
 def bn_order_parameters(activation: Any, samples: int) -> dict[str, float]:
@@ -195,7 +261,7 @@ def bn_order_parameters(activation: Any, samples: int) -> dict[str, float]:
     return {"qhat_t_bn": float(fp.diagonal), "qhat_st_bn": float(fp.off_diagonal)}
 
 
-def theory_middle_bn(config: MLPConfig) -> dict[str, Any]:
+def theory_middle_bn(config: MLPConfig) -> Prediction:
     """Thm 3.4, eq. (22): batch norm in every hidden layer (eq. (20)–(21)), output unnormalized.
 
     ``λ_max >= α_{L−1}((T−1)/T q̂^{L−1}_{st,BN} + q̂^{L−1}_{t,BN}/T) M`` asymptotically, for
@@ -217,14 +283,8 @@ def theory_middle_bn(config: MLPConfig) -> dict[str, Any]:
     q = bn_order_parameters(act, T)
     aL1 = float(config.alphas[-1])  # type: ignore[index]
     lower = aL1 * ((T - 1) / T * q["qhat_st_bn"] + q["qhat_t_bn"] / T) * M
-    return {
-        "lambda_max_lower": lower,
-        **q,
-        "alpha_L_minus_1": aL1,
-        "alpha": config.alpha,
-        "regime": "M → ∞, any T >= 2; non-negative activation",
-        "reference": f"{REF}, Thm 3.4, eq. (22), (S.61)–(S.70)",
-    }
+    return Prediction("Thm 3.4", "eq. (22), (S.61)–(S.70)", "M → ∞, any T >= 2; non-negative activation",
+                      lambda_max_lower=lower, alpha=config.alpha, constants={**q, "alpha_L_minus_1": aL1})
 
 
 def layer_norm_order_parameters(config: MLPConfig) -> dict[str, Any]:
@@ -279,7 +339,7 @@ def layer_norm_order_parameters(config: MLPConfig) -> dict[str, Any]:
     return {"kappa1_prime": k1, "kappa2_prime": k2, "alpha": alpha, "layers": layers}
 
 
-def theory_layer_norm(config: MLPConfig, eta: dict[str, float] | Sequence[float]) -> dict[str, Any]:
+def theory_layer_norm(config: MLPConfig, eta: Mapping[str, float] | Sequence[float]) -> Prediction:
     """Thm 4.1, eq. (26)–(27): layer norm in every layer including the output (eq. (24)–(25)).
 
     ``m_λ ∼ (C−2) η1 κ'1/M``;  ``α s M/((C−2) η1 κ'1) <= λ_max <= α √s M`` with
@@ -301,7 +361,7 @@ def theory_layer_norm(config: MLPConfig, eta: dict[str, float] | Sequence[float]
     if C < 3:
         raise NormfieldError("Thm 4.1 needs outputs >= 3", argument="outputs")
     _require_noncentered(config, "Thm 4.1")
-    if isinstance(eta, dict):
+    if isinstance(eta, Mapping):
         e1, e2, e3 = (check_float(n, eta[n], minimum=0.0, strict_min=True) for n in ("eta1", "eta2", "eta3"))
     else:
         e1, e2, e3 = (check_float("eta", x, minimum=0.0, strict_min=True) for x in eta)
@@ -309,51 +369,29 @@ def theory_layer_norm(config: MLPConfig, eta: dict[str, float] | Sequence[float]
     lo = layer_norm_order_parameters(config)
     k1, k2, a = lo["kappa1_prime"], lo["kappa2_prime"], lo["alpha"]
     s = ((e3 ** 2 - e1 ** 2) * T + (C - 2) * (e1 ** 2 * T - e2)) / T * k2 ** 2 + (C - 2) * e2 * k1 ** 2 / T
-    return {
-        "m_lambda": (C - 2) * e1 * k1 / M,
-        "lambda_max_lower": a * s * M / ((C - 2) * e1 * k1),
-        "lambda_max_upper": a * math.sqrt(s) * M,
-        "s": s, "eta1": e1, "eta2": e2, "eta3": e3,
-        "kappa1": k1, "kappa2": k2, "kappa1_prime": k1, "kappa2_prime": k2, "alpha": a,
-        "regime": "M → ∞, C >= 3, T fixed; gradient independence; non-centered network",
-        "reference": f"{REF}, Thm 4.1, eq. (26)–(27), App. E (S.71)–(S.113)",
-    }
+    return Prediction("Thm 4.1", "eq. (26)–(27), App. E (S.71)–(S.113)",
+                      "M → ∞, C >= 3, T fixed; gradient independence; non-centered network",
+                      m_lambda=(C - 2) * e1 * k1 / M, lambda_max_lower=a * s * M / ((C - 2) * e1 * k1),
+                      lambda_max_upper=a * math.sqrt(s) * M, kappa1=k1, kappa2=k2, alpha=a,
+                      constants={"s": s, "eta1": e1, "eta2": e2, "eta3": e3, "kappa1_prime": k1,
+                                 "kappa2_prime": k2})
 
 
-def fisher_theory(config: MLPConfig, output_stats: dict[str, Any] | None = None, *,
-                  regime: str | None = None) -> dict[str, Any]:
-    """The predictions that apply to ``config.norm``, by name.
+def fisher_theory(config: MLPConfig, output_stats: Mapping[str, Any] | None = None, *,
+                  regime: str | None = None) -> Prediction:
+    """The prediction of the theorem that applies to ``config.norm``.
 
     ``none`` → Thm 2.2; ``last-mean`` → Thm 3.3; ``last-bn`` → eq. (19) (needs
-    ``output_stats["sigma"]``); ``middle-bn`` → Thm 3.4; ``layer`` → Thm 4.1 (needs
-    ``output_stats`` ``eta1..3``).  ``output_stats`` is :attr:`FisherResult.output_stats`.
+    ``output_stats["sigma"]``, or ``Q1`` and ``Q2``); ``middle-bn`` → Thm 3.4; ``layer`` → Thm 4.1
+    (needs ``output_stats`` ``eta1..3``).  ``output_stats`` is :attr:`FisherResult.output_stats`
+    (or one row of a spectrum frame).  The placement object
+    (:func:`normfield.fisher.placements.get_placement`) says which theorem applies.
 
     Returns:
-        dict with some of ``lambda_max``, ``lambda_max_lower``, ``lambda_max_upper``, ``m_lambda``,
-        the constants (``kappa1``, ``kappa2``, ``alpha``, ...), ``regime`` and ``reference``.
+        :class:`Prediction` (``.to_dict()``: some of ``lambda_max``, ``lambda_max_lower``,
+        ``lambda_max_upper``, ``m_lambda``, the constants, ``regime`` and ``reference``).
 
     Raises:
         NormfieldError: outside the theorem's regime, or measured statistics missing.
     """
-    norm = config.norm
-    stats = output_stats or {}
-    if norm == "none":
-        return theory_no_norm(config)
-    if norm == "last-mean":
-        return theory_mean_subtraction(config, regime=regime)
-    if norm == "last-bn":
-        if "sigma" in stats:
-            return theory_last_bn(config, stats["sigma"])
-        if "Q1" in stats and "Q2" in stats:
-            return theory_last_bn(config, Q1=stats["Q1"], Q2=stats["Q2"])
-        raise NormfieldError("eq. (19) needs the measured output std's: pass output_stats={'sigma': ...} "
-                             "(FisherResult.output_stats) or {'Q1': .., 'Q2': ..}", argument="output_stats")
-    if norm == "middle-bn":
-        return theory_middle_bn(config)
-    if norm == "layer":
-        if config.outputs == 2 or not all(k in stats for k in ("eta1", "eta2", "eta3")):
-            if config.outputs != 2:
-                raise NormfieldError("Thm 4.1 needs the measured η1, η2, η3: pass output_stats "
-                                     "(FisherResult.output_stats)", argument="output_stats")
-        return theory_layer_norm(config, stats)
-    raise NormfieldError(f"unknown norm {norm!r}", argument="norm")  # pragma: no cover
+    return config.placement.theorem(config, output_stats or {}, regime=regime)

@@ -26,7 +26,9 @@ _BN_MEMO: dict[tuple, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
 
 
 def _bn_runs(ctx: ClaimContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    from normfield.train.bn_mlp import BNMLPConfig, bn_experiment
+    from normfield.experiments.train import run_bn_mlp
+    from normfield.train.bn_cells import BNTrainSettings
+    from normfield.train.bn_mlp import BNMLPConfig
 
     s = ctx.pick(
         smoke=dict(depth=4, width=32, epochs=2, gram_every=1, eval_samples=512),
@@ -41,7 +43,9 @@ def _bn_runs(ctx: ClaimContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if key not in _BN_MEMO:
         cfg = BNMLPConfig(lr=1e-3, batch_size=128, gram_batch=128, seed=ctx.seed, **s)
         ckpt = (ctx.out_dir / "checkpoints" / "bn-mlp") if ctx.scale == "paper" else None
-        metrics, eig = bn_experiment(cfg, dataset=dataset, data_dir=data_dir, checkpoint_dir=ckpt, runner=ctx)
+        bn = BNTrainSettings(config=cfg, dataset=dataset, data_dir=data_dir,
+                             checkpoint_dir=None if ckpt is None else str(ckpt))
+        metrics, eig = run_bn_mlp(bn, seed=ctx.seed, sweep=ctx.sweep)
         settings = dict(cfg.to_dict(), dataset=dataset, data_dir=data_dir, variants=["with BN", "without BN"],
                         init="torch default")
         settings.pop("batchnorm")
@@ -104,7 +108,10 @@ def j_fig6(ctx: ClaimContext) -> ClaimResult:
                      "maximum log2 C with batch normalization and markedly lower without.",
            order=61.0)
 def j_fig7(ctx: ClaimContext) -> ClaimResult:
-    from normfield.train.bn_mlp import entropy_at_init_theory, init_entropy_cell
+    from normfield.experiments.train import run_init_entropy
+    from normfield.gram.bn_theory import entropy_at_init_theory
+    from normfield.train.bn_cells import BNTrainSettings
+    from normfield.train.bn_mlp import BNMLPConfig
     from normfield.train.plots import plot_entropy
 
     metrics, eig, settings = _bn_runs(ctx)
@@ -115,12 +122,11 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
                                   draws=ctx.pick(smoke=200, quick=2000, paper=300), seed=ctx.seed)
     # More initializations (no training: cheap) to average the init-to-init scatter of H.
     R = ctx.pick(smoke=2, quick=16, paper=16)
-    base = {k: v for k, v in settings.items() if k in ("depth", "width", "activation", "lr", "batch_size", "epochs",
-                                                        "gram_every", "gram_batch", "eval_samples", "dtype")}
-    cells = [dict(base, batchnorm=bn, seed=ctx.seed * 1000 + 500 + r, dataset=settings["dataset"],
-                  data_dir=settings["data_dir"])
-             for bn in (True, False) for r in range(R)]
-    inits = ctx.sweep(init_entropy_cell, cells, name="bn-mlp-init-entropy")
+    cfg = BNMLPConfig(**{k: v for k, v in settings.items() if k in ("depth", "width", "activation", "lr",
+                                                                     "batch_size", "epochs", "gram_every",
+                                                                     "gram_batch", "eval_samples", "dtype")})
+    bn = BNTrainSettings(config=cfg, dataset=settings["dataset"], data_dir=settings["data_dir"])
+    inits = run_init_entropy(bn, seed=ctx.seed, replicates=R, sweep=ctx.sweep)
     hb = inits[inits["batchnorm"] == True]["entropy"].to_numpy()  # noqa: E712
     hn = inits[inits["batchnorm"] == False]["entropy"].to_numpy()  # noqa: E712
     # The mean of R networks' entropies scatters around E[H] with sd/√R (one network = one draw
@@ -146,7 +152,7 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
                   "entropy_init_BN_mean - entropy_init_noBN_mean": ">= 3 sd (markedly higher than without BN)"},
         notes="Predictions: argmax of the logits on the whole evaluation set, "
         "computed in mini-batches of 128 with batch statistics (as in training). 'Near log2 C' is made "
-        "quantitative by the mean-field law of the entropy (normfield.train.bn_mlp.entropy_at_init_theory): "
+        "quantitative by the mean-field law of the entropy (normfield.gram.bn_theory.entropy_at_init_theory): "
         "ReLU outputs are non-negative, so G* has off-diagonal b*c* > 0 (its large eigenvalue on 1_n, "
         f"Sec. 6.1) and the readout adds a shared class offset; hence E[H] = {theo['mean']:.3f} bits = "
         f"{theo['mean'] / hmax:.0%} of log2 C = {hmax:.3f}, not log2 C itself. Without BN (default init, "

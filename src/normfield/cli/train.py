@@ -161,7 +161,8 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.core.validation import check_device
-    from normfield.train.bn_mlp import BNMLPConfig, entropy_at_init_theory, train_bn_mlp
+    from normfield.gram.bn_theory import entropy_at_init_theory
+    from normfield.train.bn_mlp import BNMLPConfig, train_bn_mlp
     from normfield.train.data import load_dataset
     from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from normfield.fisher.networks import MLPConfig, init_mlp, mlp_forward
-from normfield.train.lr_grid import log_lrs, train_student_plain, train_students
+from normfield.train.lr_grid import log_lrs
+from normfield.train.students import train_student_plain, train_students
 
 
 def bench_column(width: int, samples: int, steps: int, norm: str, lrs: list[float], repeats: int,

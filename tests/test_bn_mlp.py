@@ -148,7 +148,7 @@ def test_batch_larger_than_data():
 
 
 def test_class_probabilities_theory_quadrature_and_special_cases():
-    from normfield.train.bn_mlp import class_probabilities_theory
+    from normfield.gram.bn_theory import class_probabilities_theory
 
     a = np.random.default_rng(0).standard_normal((7, 6))
     p = class_probabilities_theory(a, 2.0)
@@ -166,7 +166,7 @@ def test_class_probabilities_theory_against_monte_carlo():
     # Independent route: simulate argmax(√r a + e) directly. With N = 200,000 samples each
     # frequency has s.e. sqrt(p(1−p)/N) <= 0.0011; allow 4.5 s.e. per class (6 classes: the
     # chance of any false alarm is < 6·7e-6).
-    from normfield.train.bn_mlp import class_probabilities_theory
+    from normfield.gram.bn_theory import class_probabilities_theory
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal(6)
@@ -178,7 +178,7 @@ def test_class_probabilities_theory_against_monte_carlo():
 
 
 def test_entropy_theory_limits():
-    from normfield.train.bn_mlp import entropy_at_init_theory
+    from normfield.gram.bn_theory import entropy_at_init_theory
 
     t = entropy_at_init_theory("relu", 128, 10, 256, draws=400, seed=0)
     assert 0 < t["mean"] < t["log2_C"] and t["sd"] > 0 and t["stderr"] == pytest.approx(t["sd"] / 20)
@@ -198,7 +198,7 @@ def test_entropy_theory_limits():
 def test_entropy_theory_against_real_bn_networks():
     # R = 24 freshly initialised BN-MLPs (depth 10, width 512) on Gaussian inputs: the mean of
     # their init entropies has s.e. sd/sqrt(R); allow 4 s.e. plus 3 MC s.e. of the theory.
-    from normfield.train.bn_mlp import entropy_at_init_theory
+    from normfield.gram.bn_theory import entropy_at_init_theory
 
     R, C = 24, 10
     cfg = BNMLPConfig(depth=10, width=512, batchnorm=True)

@@ -1,4 +1,4 @@
-"""Training claims (K-fig2, J-fig6/7/8) run end to end at smoke scale (verdicts mean nothing here)."""
+"""Training claims (K-fig2-line, K-fig2-mean, J-fig6/7/8): end to end at smoke scale, verdicts at quick scale."""
 
 import math
 
@@ -10,12 +10,16 @@ from normfield.claims import all_claims
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-IDS = ["K-fig2", "J-fig6", "J-fig7", "J-fig8"]
+IDS = ["K-fig2-line", "K-fig2-mean", "J-fig6", "J-fig7", "J-fig8"]
 
 
 def test_registered():
+    from normfield.claims.registry import aliases, expand_ids
+
     ids = {c.id for c in all_claims()}
     assert set(IDS) <= ids
+    assert aliases()["K-fig2"] == ("K-fig2-line", "K-fig2-mean")
+    assert expand_ids(["K-fig2"]) == ["K-fig2-line", "K-fig2-mean"]
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +33,19 @@ def test_runs_and_reports(results, cid, check_claim_reported):
 
 
 def test_k_fig2_numbers_are_consistent(results):
-    m = results["K-fig2"].measured
-    c = m["confusion_none"]
-    df = results["K-fig2"].data["lr_grid"]
-    assert sum(c[k] for k in ("above_exploded", "above_stable", "below_exploded", "below_stable")) == \
-        int((df["norm"] == "none").sum())
-    assert c["well_below_total"] <= c["below_exploded"] + c["below_stable"]
+    line, mean = results["K-fig2-line"], results["K-fig2-mean"]
+    assert line.data["lr_grid"] is mean.data["lr_grid"]  # one grid, memoised, read by both claims
+    m = line.measured
+    df = line.data["lr_grid"]
+    none = df[df["norm"] == "none"]
+    assert sum(m["outcomes_above_line"].values()) + sum(m["outcomes_below_line"].values()) == len(none)
+    assert set(df["outcome"]) <= {"converged", "collapsed", "exploded", "unconverged"}
+    assert m["well_below_total"] <= sum(m["outcomes_below_line"].values())
     # the theory line (Thm 2.2) at α = 2: λ_max = 2((T−1)/T κ2 + κ1/T) M, κ's positive → η ∝ 1/M
-    th = m["eta_theory"]["none"]
+    th = m["eta_theory"]
     ws = sorted(th, key=int)
     assert th[ws[0]] / th[ws[1]] == pytest.approx(int(ws[1]) / int(ws[0]), rel=1e-12)
+    assert line.verdict in ("PASS", "FAIL") and len(line.figures) == 2 and len(mean.figures) == 1
 
 
 def test_bn_claims_share_one_run(results):

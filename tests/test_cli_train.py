@@ -23,10 +23,15 @@ def test_lr_grid_json_and_table(capsys, tmp_path):
     assert len(p["summary"]) == 4  # 2 norms × 2 widths
     assert len(p["runs"]) == 2 * 2 * 2 * 3
     assert all(r["exploded"] for r in p["runs"] if r["lr"] == 100)  # η = 100 overflows at once
+    assert all(r["outcome"] == "exploded" for r in p["runs"] if r["lr"] == 100)
+    assert all(r["outcome"] in ("converged", "collapsed", "exploded", "unconverged") for r in p["runs"])
+    assert all(r["lambda_max_end"] > 0 for r in p["runs"] if r["outcome"] != "exploded")
+    assert all("collapse_detector" in r and "monotone" in r and "eta_lambda_end" in r for r in p["runs"])
+    assert all("largest_converged_lr" in r for r in p["summary"])
     assert (tmp_path / "g.png").stat().st_size > 0
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "largest stable η" in out and "exploded" in out
+    assert "largest stable η" in out and "exploded" in out and "collapsed" in out
 
 
 def test_bn_mlp_json_checkpoint_resume(capsys, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from normfield.errors import NormfieldError
-from normfield.train.lr_grid import log_lrs, summarize_lr_grid, train_student_plain, train_students
+from normfield.train.lr_grid import log_lrs, summarize_lr_grid
+from normfield.train.students import train_student_plain, train_students
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,15 +1,12 @@
-"""Training claims: Karakida et al. 2019 Fig. 2 / S.2 and Joudaki et al. 2023 Figs. 6–8.
+"""Training claims of Joudaki et al. 2023, Figs. 6–8 (the learning-rate grid of Karakida et al.
+2019, Fig. 2, is in :mod:`normfield.claims.kfig2`).
 
-``K-fig2`` trains teacher–student grids over (width M, learning rate η) with and
-without last-layer mean subtraction and compares where training explodes with
-the sharpness bound η < 2/λ_max (eq. (23)). ``J-fig6/7/8`` train one MLP with
-and without BN (one shared run, cached by the sweep runner and memoised here)
-and read off the penultimate Gram spectrum, the predicted-class entropy and the
-training loss.
+``J-fig6/7/8`` train one MLP with and without BN (one shared run, cached by the
+sweep runner and memoised here) and read off the penultimate Gram spectrum, the
+predicted-class entropy and the training loss.
 
 Quick scale differs from the paper's (stated in each result's ``notes``):
-smaller widths, fewer samples, steps and seeds for the grid; scikit-learn's
-digits instead of CIFAR-100, a narrower MLP and fewer epochs for BN.
+scikit-learn's digits instead of CIFAR-100, a narrower MLP and fewer epochs.
 """
 
 from __future__ import annotations
@@ -23,138 +20,15 @@ import pandas as pd
 
 from normfield.claims.registry import ClaimContext, ClaimResult, claim
 
-# -- K-fig2 -------------------------------------------------------------------------------------
-
-
-def _grid_settings(ctx: ClaimContext) -> dict[str, Any]:
-    from normfield.train.lr_grid import log_lrs
-
-    return ctx.pick(
-        smoke=dict(widths=[8, 16], lrs=log_lrs(1e-3, 10.0, 1), seeds=[0], steps=20, samples=32),
-        quick=dict(widths=[32, 64, 128], lrs=log_lrs(1e-4, 10.0, 3), seeds=[0, 1], steps=300, samples=128),
-        paper=dict(widths=[100, 200, 300, 400, 500, 600, 800, 1000], lrs=log_lrs(1e-5, 100.0, 5),
-                   seeds=list(range(10)), steps=1000, samples=1000),
-    )
-
-
-def _slope(widths: np.ndarray, etas: np.ndarray) -> float:
-    """Least-squares slope of log η against log M (NaN where fewer than 2 finite points)."""
-    ok = np.isfinite(etas) & (etas > 0)
-    if ok.sum() < 2:
-        return math.nan
-    return float(np.polyfit(np.log(widths[ok]), np.log(etas[ok]), 1)[0])
-
-
-@claim("K-fig2", title="Sharpness limits the learning rate; mean subtraction lifts the limit",
-       paper="Karakida et al. 2019", reference="Sec. 3.4, eq. (23), Fig. 2, Fig. S.2",
-       statement="Gradient descent converges only for η < 2/λ_max (eq. 23): without normalization, training "
-                 "with η above 2/λ_max (λ_max at initialization) explodes in wide networks and training well "
-                 "below does not; with last-layer mean subtraction much larger learning rates train, "
-                 "independently of the width.",
-       order=40.0)
-def k_fig2(ctx: ClaimContext) -> ClaimResult:
-    from normfield.train.lr_grid import EXPLODE_AT, lr_grid, summarize_lr_grid
-    from normfield.train.plots import plot_lr_grid
-
-    s = _grid_settings(ctx)
-    settings = dict(s, depth=3, sw2=4.0, sb2=1.0, activation="relu", alphas=1, outputs=1,
-                    explode_at=EXPLODE_AT, dtype="float64")
-    seeds = [ctx.seed * 1000 + v for v in s["seeds"]]
-    df = lr_grid(s["widths"], s["lrs"], seeds=seeds, steps=s["steps"], samples=s["samples"], runner=ctx)
-    summ = summarize_lr_grid(df)
-    fig = plot_lr_grid(df, ctx.figure_path("K-fig2_lr_grid"))
-
-    # (a) without normalization: every run against its own 2/λ_max at initialization
-    none = df[df["norm"] == "none"]
-    above = none["lr"] > none["eta_emp"]
-    well_below = none["lr"] < 0.5 * none["eta_emp"]
-    ex = none["exploded"].astype(bool)
-    wide = none["width"] >= sorted(none["width"].unique())[-2] if none["width"].nunique() > 1 else none["width"] > 0
-    conf = {
-        "above_exploded": int((above & ex).sum()), "above_stable": int((above & ~ex).sum()),
-        "below_exploded": int((~above & ex).sum()), "below_stable": int((~above & ~ex).sum()),
-        "well_below_exploded": int((well_below & ex).sum()), "well_below_total": int(well_below.sum()),
-    }
-    above_wide = above & wide
-    frac_above_exploded_wide = float(ex[above_wide].mean()) if above_wide.any() else math.nan
-    # where the explosions start, in units of 2/λ_max: the smallest exploded η per (width, seed)
-    first_ex = (none[ex].groupby(["width", "seed"]).apply(lambda g: (g["lr"] / g["eta_emp"]).min(),
-                                                           include_groups=False))
-    # the catapult check: survivors above the initial limit end where η < 2/λ_max(end)
-    surv = none[above & ~ex & none["lambda_max_end"].notna()]
-    self_stabilised = int((surv["lr"] < 2.0 / surv["lambda_max_end"]).sum())
-    lam_drop = (surv["lambda_max_end"] / surv["lambda_max"]).to_numpy()
-    # (b) mean subtraction: largest stable η (min over seeds, Fig. S.2) and its slope in M
-    sm = summ[summ["norm"] == "last-mean"].sort_values("width")
-    sn = summ[summ["norm"] == "none"].sort_values("width")
-    slope_mean = _slope(sm["width"].to_numpy(float), sm["largest_stable_lr"].to_numpy(float))
-    slope_none = _slope(sn["width"].to_numpy(float), sn["largest_stable_lr"].to_numpy(float))
-    ratio_widest = float(sm["largest_stable_lr"].iloc[-1] / sn["largest_stable_lr"].iloc[-1]) \
-        if len(sm) and len(sn) else math.nan
-    lr_step = float(np.log(s["lrs"][1] / s["lrs"][0])) if len(s["lrs"]) > 1 else math.nan
-    slope_res = lr_step / float(np.log(max(s["widths"]) / min(s["widths"])))
-
-    ok_below = conf["well_below_exploded"] == 0
-    ok_above = bool(frac_above_exploded_wide >= 0.9) if math.isfinite(frac_above_exploded_wide) else False
-    ok_mean = bool(ratio_widest >= 10.0) and bool(slope_mean > -0.5)
-    verdict = "PASS" if (ok_below and ok_above and ok_mean) else "FAIL"
-    measured = {
-        "confusion_none": conf,
-        "fraction_above_exploded_two_widest": frac_above_exploded_wide,
-        "first_exploded_lr_over_2_over_lambda_max": {f"M={int(w)},seed={int(sd)}": float(v)
-                                                     for (w, sd), v in first_ex.items()},
-        "largest_stable_lr": {n: {int(r.width): r.largest_stable_lr for r in g.itertuples()}
-                              for n, g in summ.groupby("norm")},
-        "eta_emp_2_over_lambda_max": {n: {int(r.width): r.eta_emp for r in g.itertuples()}
-                                      for n, g in summ.groupby("norm")},
-        "eta_theory": {n: {int(r.width): r.eta_theory for r in g.itertuples()} for n, g in summ.groupby("norm")},
-        "slope_logeta_logM_mean_subtraction": slope_mean,
-        "slope_logeta_logM_none": slope_none,
-        "stable_lr_ratio_mean_over_none_widest": ratio_widest,
-        "survivors_above_limit": int(len(surv)),
-        "survivors_above_limit_ending_with_eta_below_2_over_lambda_end": self_stabilised,
-        "survivors_lambda_end_over_lambda_init_median": float(np.median(lam_drop)) if lam_drop.size else math.nan,
-        "slope_resolution": slope_res,
-    }
-    expected = {
-        "well_below_exploded": "0 (η < ½·2/λ_max never explodes)",
-        "fraction_above_exploded_two_widest": ">= 0.9 (runs above 2/λ_max explode in wide networks)",
-        "stable_lr_ratio_mean_over_none_widest": ">= 10 (much larger stable η with mean subtraction)",
-        "slope_logeta_logM_mean_subtraction": "> -0.5 (no shrinking with width; no normalization gives -1)",
-    }
-    notes = (
-        f"Scale {ctx.scale}: widths {s['widths']}, T = {s['samples']}, {s['steps']} GD steps, "
-        f"{len(s['lrs'])} learning rates, seeds {seeds} (paper: T = 1000, 1000 steps, 10 seeds). "
-        "Exploded: final loss > 1e3 or not finite. λ_max from the exact CT×CT dual Fisher "
-        "(normfield.fisher.dual.fisher_dual) of the very student that is trained. "
-        f"Slope threshold -0.5 is midway between the paper's 0 (width-independent) and the -1 of "
-        f"λ_max ∝ M; the slope's resolution from the η grid is ±{slope_res:.2f}. "
-    )
-    if not ok_above:
-        notes += (
-            "Runs above 2/λ_max did not all explode: between 2/λ_max and a few times that, gradient "
-            "descent survives by the 'catapult' mechanism: the loss first grows along the top Fisher "
-            "eigenvector, the sharpness then drops until η < 2/λ, and training converges. Measured here: "
-            f"{self_stabilised} of {len(surv)} surviving runs above 2/λ_max(init) end with η < 2/λ_max(end), "
-            f"median λ_max(end)/λ_max(init) = {float(np.median(lam_drop)) if lam_drop.size else math.nan:.3g}. "
-            "So 2/λ_max at initialization bounds *monotone* convergence (eq. 23 is a necessary condition at "
-            "the minimum reached, whose sharpness is lower), not where runs explode; the measured onset of "
-            "explosion in units of 2/λ_max is in first_exploded_lr_over_2_over_lambda_max. "
-        )
-    if not ok_mean:
-        notes += ("The mean-subtraction criterion failed: see largest_stable_lr and its slope; the "
-                  "theory line 2/(ρα(κ1−κ2)) is a lower bound on λ_max and itself ∝ 1/M at fixed T. ")
-    return ClaimResult(verdict=verdict, measured=measured, expected=expected, settings=settings,
-                       figures=[fig], data={"lr_grid": df, "lr_grid_summary": summ}, notes=notes)
-
-
 # -- J-fig6/7/8: one shared pair of training runs ----------------------------------------------
 
 _BN_MEMO: dict[tuple, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
 
 
 def _bn_runs(ctx: ClaimContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    from normfield.train.bn_mlp import BNMLPConfig, bn_experiment
+    from normfield.experiments.train import run_bn_mlp
+    from normfield.train.bn_cells import BNTrainSettings
+    from normfield.train.bn_mlp import BNMLPConfig
 
     s = ctx.pick(
         smoke=dict(depth=4, width=32, epochs=2, gram_every=1, eval_samples=512),
@@ -169,7 +43,9 @@ def _bn_runs(ctx: ClaimContext) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     if key not in _BN_MEMO:
         cfg = BNMLPConfig(lr=1e-3, batch_size=128, gram_batch=128, seed=ctx.seed, **s)
         ckpt = (ctx.out_dir / "checkpoints" / "bn-mlp") if ctx.scale == "paper" else None
-        metrics, eig = bn_experiment(cfg, dataset=dataset, data_dir=data_dir, checkpoint_dir=ckpt, runner=ctx)
+        bn = BNTrainSettings(config=cfg, dataset=dataset, data_dir=data_dir,
+                             checkpoint_dir=None if ckpt is None else str(ckpt))
+        metrics, eig = run_bn_mlp(bn, seed=ctx.seed, sweep=ctx.sweep)
         settings = dict(cfg.to_dict(), dataset=dataset, data_dir=data_dir, variants=["with BN", "without BN"],
                         init="torch default")
         settings.pop("batchnorm")
@@ -232,7 +108,10 @@ def j_fig6(ctx: ClaimContext) -> ClaimResult:
                      "maximum log2 C with batch normalization and markedly lower without.",
            order=61.0)
 def j_fig7(ctx: ClaimContext) -> ClaimResult:
-    from normfield.train.bn_mlp import entropy_at_init_theory, init_entropy_cell
+    from normfield.experiments.train import run_init_entropy
+    from normfield.gram.bn_theory import entropy_at_init_theory
+    from normfield.train.bn_cells import BNTrainSettings
+    from normfield.train.bn_mlp import BNMLPConfig
     from normfield.train.plots import plot_entropy
 
     metrics, eig, settings = _bn_runs(ctx)
@@ -243,12 +122,11 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
                                   draws=ctx.pick(smoke=200, quick=2000, paper=300), seed=ctx.seed)
     # More initializations (no training: cheap) to average the init-to-init scatter of H.
     R = ctx.pick(smoke=2, quick=16, paper=16)
-    base = {k: v for k, v in settings.items() if k in ("depth", "width", "activation", "lr", "batch_size", "epochs",
-                                                        "gram_every", "gram_batch", "eval_samples", "dtype")}
-    cells = [dict(base, batchnorm=bn, seed=ctx.seed * 1000 + 500 + r, dataset=settings["dataset"],
-                  data_dir=settings["data_dir"])
-             for bn in (True, False) for r in range(R)]
-    inits = ctx.sweep(init_entropy_cell, cells, name="bn-mlp-init-entropy")
+    cfg = BNMLPConfig(**{k: v for k, v in settings.items() if k in ("depth", "width", "activation", "lr",
+                                                                     "batch_size", "epochs", "gram_every",
+                                                                     "gram_batch", "eval_samples", "dtype")})
+    bn = BNTrainSettings(config=cfg, dataset=settings["dataset"], data_dir=settings["data_dir"])
+    inits = run_init_entropy(bn, seed=ctx.seed, replicates=R, sweep=ctx.sweep)
     hb = inits[inits["batchnorm"] == True]["entropy"].to_numpy()  # noqa: E712
     hn = inits[inits["batchnorm"] == False]["entropy"].to_numpy()  # noqa: E712
     # The mean of R networks' entropies scatters around E[H] with sd/√R (one network = one draw
@@ -274,7 +152,7 @@ def j_fig7(ctx: ClaimContext) -> ClaimResult:
                   "entropy_init_BN_mean - entropy_init_noBN_mean": ">= 3 sd (markedly higher than without BN)"},
         notes="Predictions: argmax of the logits on the whole evaluation set, "
         "computed in mini-batches of 128 with batch statistics (as in training). 'Near log2 C' is made "
-        "quantitative by the mean-field law of the entropy (normfield.train.bn_mlp.entropy_at_init_theory): "
+        "quantitative by the mean-field law of the entropy (normfield.gram.bn_theory.entropy_at_init_theory): "
         "ReLU outputs are non-negative, so G* has off-diagonal b*c* > 0 (its large eigenvalue on 1_n, "
         f"Sec. 6.1) and the readout adds a shared class offset; hence E[H] = {theo['mean']:.3f} bits = "
         f"{theo['mean'] / hmax:.0%} of log2 C = {hmax:.3f}, not log2 C itself. Without BN (default init, "

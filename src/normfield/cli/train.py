@@ -100,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.core.validation import check_device, check_int
-    from normfield.train.lr_grid import LR_GRID_NORMS, log_lrs, lr_grid, summarize_lr_grid
+    from normfield.experiments.train import run_lr_grid as run_grid
+    from normfield.train.lr_grid import LR_GRID_NORMS, LRGridSettings, log_lrs, summarize_lr_grid
 
     device = check_device("--device", args.device)
     widths = _int_list("--widths", args.widths)
@@ -117,9 +118,10 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if args.figure:
         fig_path = Path(args.figure)
         _writable_dir("--figure", str(fig_path.parent if str(fig_path.parent) else "."))
-    df = lr_grid(widths, lrs, norms=norms, seeds=seeds, steps=args.steps, samples=args.samples, depth=args.depth,
-                 sw2=args.sw2, sb2=args.sb2, activation=args.activation, dtype=args.dtype, device=device,
-                 progress=not args.no_progress, **opts)
+    settings = LRGridSettings(widths=tuple(widths), lrs=tuple(lrs), norms=tuple(norms), replicates=tuple(seeds),
+                              steps=args.steps, samples=args.samples, depth=args.depth, sw2=args.sw2, sb2=args.sb2,
+                              activation=args.activation, dtype=args.dtype)
+    df = run_grid(settings, seed=0, progress=not args.no_progress, device=device, **opts)
     summ = summarize_lr_grid(df)
     if fig_path is not None:
         from normfield.train.plots import plot_lr_grid
@@ -131,17 +133,22 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
                      "activation": args.activation, "dtype": args.dtype, "device": device},
         "summary": summ.to_dict("records"),
         "runs": df[["norm", "width", "seed", "lr", "final_loss", "exploded", "steps_run", "lambda_max",
-                    "eta_emp", "eta_theory"]].to_dict("records"),
+                    "eta_emp", "eta_theory", "outcome", "collapse_detector", "initial_loss", "constant_loss",
+                    "output_var_ratio", "dead_unit_fraction", "lambda_max_end", "eta_lambda_end", "loss_rose",
+                    "monotone"]].to_dict("records"),
         "figure": None if fig_path is None else str(fig_path),
     }
 
     def render(p: dict) -> str:
         rows = [{"norm": r["norm"], "M": r["width"], "2/λmax (init)": r["eta_emp"],
                  "theory line": r["eta_theory"], "largest stable η": r["largest_stable_lr"],
-                 "smallest exploded η": r["smallest_exploded_lr"]} for r in p["summary"]]
+                 "smallest exploded η": r["smallest_exploded_lr"], "largest converged η": r["largest_converged_lr"],
+                 "÷ 2/λmax": r["converged_up_to_factor"]} for r in p["summary"]]
         text = format_table(rows)
-        n_ex = sum(bool(r["exploded"]) for r in p["runs"])
-        text += f"\n\n{len(p['runs'])} runs, {n_ex} exploded (final loss > 1e3 or not finite)"
+        n = {o: sum(r["outcome"] == o for r in p["runs"]) for o in ("converged", "collapsed", "exploded",
+                                                                     "unconverged")}
+        text += (f"\n\n{len(p['runs'])} runs: {n['converged']} converged, {n['collapsed']} collapsed, "
+                 f"{n['exploded']} exploded (final loss > 1e3 or not finite), {n['unconverged']} unconverged")
         if p["figure"]:
             text += f"; heat map: {p['figure']}"
         return text
@@ -154,7 +161,8 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.core.validation import check_device
-    from normfield.train.bn_mlp import BNMLPConfig, entropy_at_init_theory, train_bn_mlp
+    from normfield.gram.bn_theory import entropy_at_init_theory
+    from normfield.train.bn_mlp import BNMLPConfig, train_bn_mlp
     from normfield.train.data import load_dataset
     from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss
 

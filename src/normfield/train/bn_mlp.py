@@ -50,8 +50,7 @@ from normfield.errors import NormfieldError
 from normfield.train.data import Dataset
 
 __all__ = ["BNMLPConfig", "BNMLP", "TrainResult", "train_bn_mlp", "class_entropy", "gram_eigenvalues",
-           "class_probabilities_theory", "entropy_at_init_theory", "bn_experiment", "bn_mlp_cell", "init_entropy_cell",
-           "CHECKPOINT_NAME"]
+           "measure", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _CKPT_VERSION = 1
@@ -193,88 +192,6 @@ def gram_eigenvalues(h: torch.Tensor) -> np.ndarray:
     return np.sort(np.linalg.eigvalsh(G.numpy()))[::-1].copy()
 
 
-def class_probabilities_theory(a: np.ndarray, ratio: float, *, nodes: int = 80) -> np.ndarray:
-    """P(argmax_c (√ratio·a_c + e_c) = c) for e ~ N(0, I_C), by Gauss–Hermite quadrature.
-
-    p_c = ∫ φ(t) Π_{c'≠c} Φ(t + √ratio (a_c − a_c')) dt (condition on e_c = t).
-
-    Args:
-        a: class offsets, shape (R, C) (R independent draws).
-        ratio: variance of the shared offset over that of the per-sample noise.
-        nodes: quadrature order; the integrand is smooth, so the error falls
-            geometrically (80 nodes: below 1e-10 for ratio <= 10, checked in the tests).
-
-    Returns:
-        ndarray (R, C), rows summing to 1 up to the quadrature error.
-    """
-    from numpy.polynomial.hermite_e import hermegauss
-    from scipy.special import log_ndtr
-
-    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
-    R, C = a.shape
-    t, w = hermegauss(nodes)
-    logw = np.log(w / math.sqrt(2 * math.pi))
-    out = np.empty((R, C))
-    k = math.sqrt(max(ratio, 0.0))
-    block = max(1, int(4e6 // (C * C * nodes)))
-    for s in range(0, R, block):
-        d = k * (a[s:s + block, :, None] - a[s:s + block, None, :])  # (r, C, C'): a_c − a_c'
-        lp = log_ndtr(t[None, None, None, :] + d[..., None])  # (r, C, C', Q)
-        idx = np.arange(C)
-        lp[:, idx, idx, :] = 0.0  # c' = c excluded
-        tot = lp.sum(axis=2) + logw  # (r, C, Q)
-        m = tot.max(axis=2, keepdims=True)
-        out[s:s + block] = np.exp(m[..., 0]) * np.exp(tot - m).sum(axis=2)
-    return out
-
-
-def entropy_at_init_theory(activation: Any, batch: int, num_classes: int, width: int, *,
-                           draws: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean-field predicted-class entropy of a BN-MLP at initialization (Joudaki et al. 2023, §6.2).
-
-    At the BN fixed point (Joudaki eq. (10), :func:`normfield.gram.fixed_point.fixed_point`)
-    the penultimate features of a batch have Gram G* = b*((1 − c*) I + c* 11ᵀ): a shared
-    mean direction of squared norm b*c* per unit and independent parts of b*(1 − c*).
-    A readout row w_c ~ U(±1/√d) with bias b_c ~ U(±1/√d) therefore gives logits
-    z_ic ∝ √(b*c* + 1/d)·a_c + √(b*(1 − c*))·e_ic, with a_c, e_ic i.i.d. N(0, 1)
-    (CLT over the d units). The class frequencies are p_c(a) =
-    :func:`class_probabilities_theory` and the entropy H(a) = −Σ p_c log2 p_c is random
-    through the draw of the readout a; this returns its law's mean and spread.
-
-    Args:
-        activation: hidden activation (``"relu"``).
-        batch: n, the batch size of the batch statistics.
-        num_classes: C.
-        width: d (the readout's fan-in, for the bias term).
-        draws: Monte Carlo draws of a.
-        seed: seeds the draws.
-
-    Returns:
-        ``{"mean", "sd", "stderr", "ratio", "log2_C"}``: E[H], its standard deviation over
-        initializations, the Monte Carlo standard error of the mean (sd/√draws), and the
-        offset-to-noise variance ratio.
-    """
-    from normfield.gram.fixed_point import fixed_point
-
-    C = check_int("num_classes", num_classes, minimum=2)
-    d = check_int("width", width, minimum=1)
-    draws = check_int("draws", draws, minimum=2)
-    fp = fixed_point(activation, check_int("batch", batch, minimum=2))
-    shared = float(fp.off_diagonal) + 1.0 / d
-    noise = float(fp.diagonal - fp.off_diagonal)
-    if noise <= 0:
-        raise NormfieldError(f"activation: the BN fixed point of {activation!r} has no per-sample variance "
-                             f"(G* is rank one); the entropy is 0", argument="activation")
-    ratio = shared / noise
-    a = np.random.default_rng(seed).standard_normal((draws, C))
-    p = np.clip(class_probabilities_theory(a, ratio), 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        H = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
-    sd = float(H.std(ddof=1))
-    return {"mean": float(H.mean()), "sd": sd, "stderr": sd / math.sqrt(draws), "ratio": ratio,
-            "log2_C": math.log2(C)}
-
-
 def _log_eigs(ev: np.ndarray) -> np.ndarray:
     """log λ with a floor at λ_max·1e-15 (float64 rounding level) so collapse gives a finite spread."""
     top = max(float(ev[0]), 1e-300)
@@ -321,7 +238,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _measure(model: BNMLP, x_eval: torch.Tensor, y_eval: torch.Tensor, x_gram: torch.Tensor | None,
+def measure(model: BNMLP, x_eval: torch.Tensor, y_eval: torch.Tensor, x_gram: torch.Tensor | None,
              batch: int, C: int) -> dict[str, Any]:
     with torch.no_grad():
         losses, preds = [], []
@@ -441,7 +358,7 @@ def train_bn_mlp(
 
     def record(epoch: int, train_loss: float) -> dict:
         want_gram = epoch == 0 or epoch == cfg.epochs or epoch % cfg.gram_every == 0
-        m = _measure(model, x_eval, y_eval, x_gram if want_gram else None, cfg.batch_size, C)
+        m = measure(model, x_eval, y_eval, x_gram if want_gram else None, cfg.batch_size, C)
         ev = m.pop("eigenvalues", None)
         row = {"epoch": epoch, "train_loss": train_loss, "loss": m["loss"], "entropy": m["entropy"],
                "log_eig_mean": m.get("log_eig_mean", math.nan), "log_eig_std": m.get("log_eig_std", math.nan)}
@@ -495,124 +412,3 @@ def _cfg_for_ckpt(cfg: BNMLPConfig) -> dict:
     d = cfg.to_dict()
     d.pop("epochs")
     return d
-
-
-# -- sweep cells and the two-variant experiment ---------------------------------------------------
-
-_CFG_FIELDS = tuple(f.name for f in dataclasses.fields(BNMLPConfig))
-
-
-def bn_mlp_cell(cell: dict) -> pd.DataFrame:
-    """One training run as a sweep cell (module-level, picklable).
-
-    Cell keys: the :class:`BNMLPConfig` fields, ``dataset`` (``"digits"``/``"cifar100"``),
-    ``data_dir`` (None or a path), ``checkpoint_dir`` (None or a path), ``device``.
-
-    Returns:
-        Long tidy frame: ``quantity`` (``train_loss``, ``loss``, ``entropy``,
-        ``log_eig_mean``, ``log_eig_std``, ``eigenvalue``), ``epoch``, ``index``
-        (eigenvalue rank, −1 for scalars), ``value``, ``num_classes``.
-    """
-    from normfield.train.data import load_dataset
-
-    cfg = BNMLPConfig(**{k: cell[k] for k in _CFG_FIELDS if k in cell})
-    data = load_dataset(cell.get("dataset", "digits"), data_dir=cell.get("data_dir"))
-    res = train_bn_mlp(data, cfg, checkpoint_dir=cell.get("checkpoint_dir"), device=cell.get("device", "cpu"),
-                       progress=bool(cell.get("progress", False)))
-    return result_to_long(res, data.num_classes)
-
-
-def result_to_long(res: TrainResult, num_classes: int) -> pd.DataFrame:
-    """:class:`TrainResult` → the long tidy frame of :func:`bn_mlp_cell`."""
-    m = res.metrics.melt(id_vars=["epoch"], var_name="quantity", value_name="value").dropna(subset=["value"])
-    m["index"] = -1
-    e = res.eigenvalues.rename(columns={"eigenvalue": "value"})
-    e["quantity"] = "eigenvalue"
-    out = pd.concat([m[["quantity", "epoch", "index", "value"]], e[["quantity", "epoch", "index", "value"]]],
-                    ignore_index=True)
-    out["num_classes"] = num_classes
-    return out
-
-
-def split_long(df: pd.DataFrame, keys: tuple[str, ...] = ("batchnorm",)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Long frame (one or more runs, told apart by ``keys``) → (per-epoch metrics, eigenvalues)."""
-    keys = tuple(k for k in keys if k in df.columns)
-    scal = df[df["quantity"] != "eigenvalue"]
-    metrics = scal.pivot_table(index=[*keys, "epoch"], columns="quantity", values="value", aggfunc="first",
-                               dropna=False).reset_index()
-    metrics.columns.name = None
-    eig = df[df["quantity"] == "eigenvalue"][[*keys, "epoch", "index", "value"]].rename(
-        columns={"value": "eigenvalue"}).reset_index(drop=True)
-    eig["index"] = eig["index"].astype(int)
-    return metrics, eig
-
-
-def bn_experiment(
-    config: BNMLPConfig = BNMLPConfig(),
-    *,
-    dataset: str = "digits",
-    data_dir: str | Path | None = None,
-    variants: tuple[bool, ...] = (True, False),
-    checkpoint_dir: str | Path | None = None,
-    runner: Any = None,
-    device: str = "cpu",
-    progress: bool = True,
-    **sweep_options: Any,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train the MLP with and without BN (Joudaki et al. 2023, §6.2) through the sweep runner.
-
-    Args:
-        config: shared settings (``batchnorm`` is overridden per variant).
-        dataset, data_dir: see :func:`normfield.train.data.load_dataset`.
-        variants: which ``batchnorm`` values to train.
-        checkpoint_dir: root for per-variant checkpoints (``bn1-seedS``/``bn0-seedS``), or None.
-        runner: a ``ClaimContext`` whose ``sweep`` is used, or None for ``run_sweep``.
-
-    Returns:
-        ``(metrics, eigenvalues)``: per-epoch metrics with a ``batchnorm`` column, and
-        the Gram eigenvalues (``batchnorm, epoch, index, eigenvalue``).
-    """
-    config.validated()
-    if data_dir is not None:
-        dataset = "cifar100"
-    cells = []
-    for bn in variants:
-        c = {**config.to_dict(), "batchnorm": bool(bn), "dataset": dataset,
-             "data_dir": None if data_dir is None else str(data_dir),
-             "checkpoint_dir": None if checkpoint_dir is None else
-             str(Path(checkpoint_dir) / f"bn{int(bn)}-seed{config.seed}")}
-        cells.append(c)
-    if runner is not None:
-        df = runner.sweep(bn_mlp_cell, cells, name="bn-mlp")
-    else:
-        from normfield.runner import run_sweep
-
-        df = run_sweep(bn_mlp_cell, cells, name="bn-mlp", progress=progress, device=device, **sweep_options)
-    metrics, eig = split_long(df)
-    nc = df.groupby("batchnorm")["num_classes"].first()
-    metrics["num_classes"] = metrics["batchnorm"].map(nc)
-    return metrics, eig
-
-
-def init_entropy_cell(cell: dict) -> list[dict]:
-    """Predicted-class entropy at initialization only (no training), one seed: a sweep cell.
-
-    Cell keys: the :class:`BNMLPConfig` fields (``seed`` picks the initialization),
-    ``dataset``, ``data_dir``, ``device``. Predictions are made as in :func:`train_bn_mlp`
-    (mini-batches of ``batch_size`` over the evaluation subset, batch statistics).
-    """
-    from normfield.train.data import load_dataset
-
-    cfg = BNMLPConfig(**{k: cell[k] for k in _CFG_FIELDS if k in cell}).validated()
-    data = load_dataset(cell.get("dataset", "digits"), data_dir=cell.get("data_dir"))
-    dt = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
-    dev = torch.device(cell.get("device", "cpu"))
-    model = BNMLP(data.num_features, data.num_classes, cfg, torch.Generator().manual_seed(cfg.seed)).to(dev, dt)
-    g_sub = torch.Generator().manual_seed(cfg.seed + 7919)
-    perm = torch.randperm(len(data), generator=g_sub)
-    n_eval = len(data) if cfg.eval_samples is None else min(cfg.eval_samples, len(data))
-    idx = perm[:n_eval].sort().values
-    x = torch.as_tensor(data.x, dtype=dt)[idx].to(dev)
-    y = torch.as_tensor(data.y)[idx].to(dev)
-    m = _measure(model, x, y, None, cfg.batch_size, data.num_classes)
-    return [{"entropy": m["entropy"], "loss": m["loss"], "num_classes": data.num_classes}]

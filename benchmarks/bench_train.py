@@ -1,7 +1,7 @@
 """Benchmark: the batched learning-rate grid against a one-student-at-a-time loop.
 
-Target (issue 4, §4): training all learning rates of one width together is at least
-3× faster than a plain loop over learning rates, measured in the same run.
+Target: training all learning rates of one width together is at least 3× faster than a
+plain loop over learning rates, measured in the same run.
 
 One column of Karakida et al. 2019 Fig. 2: a ReLU student (L = 3, (σ_w², σ_b²) = (4, 1))
 of width M on T Gaussian inputs and a teacher's labels, K log-spaced learning rates,
@@ -16,7 +16,7 @@ The three must agree (float64): same explosions, and final losses equal to 1e-9 
 initial loss — checked and printed.
 
 Each comparison runs at every torch thread count in ``--threads`` (default 1 and 2: the
-sweep runner pins one thread per cell; two is this machine's core count), then a table of
+sweep runner pins one thread per cell; two covers a two-core machine), then a table of
 the speedups per thread count.
 
 Usage:  python benchmarks/bench_train.py [--widths 32,64,128] [--threads 1,2] [--skip-k1] [--json]
@@ -121,7 +121,7 @@ def print_grid(res: dict, a, n_lrs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--widths", default="32,64,128", help="default: the quick-scale K-fig2 widths")
+    ap.add_argument("--widths", default="32,64,128", help="default: widths of the quick-scale grid")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--norms", default="none,last-mean")
@@ -129,8 +129,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="best of N timings per method")
     ap.add_argument("--threads", default="1,2",
                     help="comma-separated torch thread counts, each a full comparison (default 1,2: the "
-                         "sweep runner pins 1 per cell; 2 = this machine's cores). Multi-threaded runs on a "
-                         "loaded machine wait for time slices: read them with the load average")
+                         "sweep runner pins 1 per cell; 2 = both cores of a two-core machine). Multi-threaded runs "
+                         "on a loaded machine wait for time slices: read them with the load average")
     ap.add_argument("--skip-k1", action="store_true", help="skip the K = 1 loop of the engine")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

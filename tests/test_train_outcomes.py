@@ -1,5 +1,6 @@
 """Outcome classes, loss-history shape and end-of-training sharpness of the lr grid (Karakida et al. 2019, §3.4)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -85,14 +86,8 @@ def test_cells_keep_the_seed_arithmetic_and_refuse_collisions():
         LRGridSettings(widths=(8,), lrs=(0.1,), replicates=(1000,))
     with pytest.raises(NormfieldError, match="widths"):
         LRGridSettings(widths=(), lrs=(0.1,))
-    with pytest.raises(dataclass_frozen_error()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.steps = 3
-
-
-def dataclass_frozen_error():
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 def test_constant_loss_is_half_the_label_variance():

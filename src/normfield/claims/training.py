@@ -15,7 +15,6 @@ import math
 import os
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from normfield.claims.registry import ClaimContext, ClaimResult, claim

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +160,8 @@ def run_lr_grid(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
 def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from normfield.core.validation import check_device
-    from normfield.gram.bn_theory import entropy_at_init_theory
-    from normfield.train.bn_mlp import BNMLPConfig, train_bn_mlp
-    from normfield.train.data import load_dataset
+    from normfield.experiments.train import bn_verdict_inputs, train_bn_variants
+    from normfield.train.bn_mlp import BNMLPConfig
     from normfield.train.plots import plot_entropy, plot_gram_spectra, plot_loss
 
     device = check_device("--device", args.device)
@@ -174,45 +172,17 @@ def run_bn_mlp(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
                       seed=args.seed, gram_every=args.gram_every, gram_batch=args.gram_batch, eval_samples=args.eval_samples,
                       dtype=args.dtype).validated()
     out = _writable_dir("--out", args.out)
-    data = load_dataset("cifar100" if cifar else "digits", data_dir=args.data_dir)
     variants = {"both": (True, False), "bn": (True,), "no-bn": (False,)}[args.variants]
-    import pandas as pd
-
-    metrics, eigs, resumed = [], [], {}
-    for bn in variants:
-        c = BNMLPConfig(**{**cfg.to_dict(), "batchnorm": bn})
-        res = train_bn_mlp(data, c, checkpoint_dir=out / "checkpoints" / f"{data.name}-bn{int(bn)}-seed{cfg.seed}",
-                           resume=not args.fresh, device=device, progress=not args.no_progress)
-        metrics.append(res.metrics.assign(batchnorm=bn))
-        eigs.append(res.eigenvalues.assign(batchnorm=bn))
-        resumed["BN" if bn else "noBN"] = res.resumed_from
-    m = pd.concat(metrics, ignore_index=True)
-    e = pd.concat(eigs, ignore_index=True)
+    run = train_bn_variants(cfg, data_dir=args.data_dir, variants=variants, checkpoint_root=out,
+                            resume=not args.fresh, device=device, progress=not args.no_progress)
+    m, e = run.metrics, run.eigenvalues
     figs = {"gram_spectra": str(plot_gram_spectra(e, out / "figures" / "bn_mlp_gram_spectra.png")),
-            "entropy": str(plot_entropy(m, out / "figures" / "bn_mlp_entropy.png", num_classes=data.num_classes)),
+            "entropy": str(plot_entropy(m, out / "figures" / "bn_mlp_entropy.png", num_classes=run.num_classes)),
             "loss": str(plot_loss(m, out / "figures" / "bn_mlp_loss.png"))}
-    last = int(m["epoch"].max())
-
-    def val(bn: bool, ep: int, col: str) -> float:
-        s = m[(m["batchnorm"] == bn) & (m["epoch"] == ep)][col]
-        return float(s.iloc[0]) if len(s) else math.nan
-
-    verdict_inputs: dict[str, Any] = {"num_classes": data.num_classes, "log2_C": math.log2(data.num_classes)}
-    for bn in variants:
-        k = "BN" if bn else "noBN"
-        verdict_inputs.update({
-            f"log_eig_std_init_{k}": val(bn, 0, "log_eig_std"), f"log_eig_std_end_{k}": val(bn, last, "log_eig_std"),
-            f"entropy_init_{k}": val(bn, 0, "entropy"), f"loss_init_{k}": val(bn, 0, "loss"),
-            f"loss_end_{k}": val(bn, last, "loss")})
-    if True in variants:
-        th = entropy_at_init_theory(cfg.activation, cfg.batch_size, data.num_classes, cfg.width,
-                                    draws=1000 if data.num_classes <= 20 else 300, seed=cfg.seed)
-        verdict_inputs["mean_field_entropy_init_BN"] = th["mean"]
-        verdict_inputs["mean_field_entropy_sd"] = th["sd"]
-    payload = {"settings": {**cfg.to_dict(), "dataset": data.name, "samples": len(data), "device": device,
+    payload = {"settings": {**cfg.to_dict(), "dataset": run.dataset, "samples": run.samples, "device": device,
                             "variants": ["BN" if v else "noBN" for v in variants]},
-               "resumed_from": resumed, "metrics": m.to_dict("records"), "verdict_inputs": verdict_inputs,
-               "figures": figs}
+               "resumed_from": run.resumed_from, "metrics": m.to_dict("records"),
+               "verdict_inputs": bn_verdict_inputs(run, cfg), "figures": figs}
 
     def render(p: dict) -> str:
         cols = ["batchnorm", "epoch", "train_loss", "loss", "entropy", "log_eig_std"]

@@ -7,6 +7,8 @@ training (Joudaki et al. 2023, Figs. 6–8), each settings → cells → sweep �
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,7 +18,8 @@ from normfield.train.bn_cells import BNTrainSettings, bn_mlp_cell, init_entropy_
 from normfield.train.bn_mlp import BNMLPConfig
 from normfield.train.lr_grid import LR_GRID_NORMS, LRGridSettings, lr_grid_cell
 
-__all__ = ["run_lr_grid", "lr_grid", "run_bn_mlp", "bn_experiment", "run_init_entropy"]
+__all__ = ["run_lr_grid", "lr_grid", "run_bn_mlp", "bn_experiment", "run_init_entropy", "BNVariants",
+           "train_bn_variants", "bn_verdict_inputs"]
 
 Sweep = Callable[..., pd.DataFrame]
 
@@ -108,3 +111,72 @@ def run_init_entropy(settings: BNTrainSettings, *, seed: int = 0, replicates: in
     """
     cells = settings.init_entropy_cells(seed, replicates)
     return _sweeper(sweep, sweep_options)(init_entropy_cell, cells, name="bn-mlp-init-entropy")
+
+
+@dataclass
+class BNVariants:
+    """The variants of one BN-MLP configuration trained in this process (with checkpoints).
+
+    Attributes:
+        metrics: per-epoch metrics with a ``batchnorm`` column; eigenvalues: the Gram spectra.
+        resumed_from: ``{"BN"/"noBN": epoch resumed from, or None}``.
+        dataset, samples, num_classes: the data trained on.
+    """
+
+    metrics: pd.DataFrame
+    eigenvalues: pd.DataFrame
+    resumed_from: dict[str, int | None]
+    dataset: str
+    samples: int
+    num_classes: int
+
+
+def train_bn_variants(config: BNMLPConfig, *, data_dir: str | Path | None = None,
+                      variants: tuple[bool, ...] = (True, False), checkpoint_root: str | Path | None = None,
+                      resume: bool = True, device: str = "cpu", progress: bool = True) -> BNVariants:
+    """Train ``config`` with and/or without BN one after the other (no sweep), resuming from
+    ``checkpoint_root/checkpoints/{dataset}-bn{0,1}-seed{seed}``; CIFAR-100 when ``data_dir`` is set,
+    else the embedded digits."""
+    from normfield.train.bn_mlp import train_bn_mlp
+    from normfield.train.data import load_dataset
+
+    data = load_dataset("cifar100" if data_dir is not None else "digits", data_dir=data_dir)
+    metrics, eigs, resumed = [], [], {}
+    for bn in variants:
+        c = BNMLPConfig(**{**config.to_dict(), "batchnorm": bn})
+        ckpt = None if checkpoint_root is None else \
+            Path(checkpoint_root) / "checkpoints" / f"{data.name}-bn{int(bn)}-seed{config.seed}"
+        res = train_bn_mlp(data, c, checkpoint_dir=ckpt, resume=resume, device=device, progress=progress)
+        metrics.append(res.metrics.assign(batchnorm=bn))
+        eigs.append(res.eigenvalues.assign(batchnorm=bn))
+        resumed["BN" if bn else "noBN"] = res.resumed_from
+    return BNVariants(pd.concat(metrics, ignore_index=True), pd.concat(eigs, ignore_index=True), resumed, data.name,
+                      len(data), data.num_classes)
+
+
+def bn_verdict_inputs(run: BNVariants, config: BNMLPConfig) -> dict[str, Any]:
+    """The numbers J-fig6/7/8 judge, read off ``run``, plus the mean-field entropy at initialization
+    (:func:`normfield.gram.bn_theory.entropy_at_init_theory`) when the BN variant was trained."""
+    from normfield.gram.bn_theory import entropy_at_init_theory
+
+    m = run.metrics
+    last = int(m["epoch"].max())
+    variants = list(dict.fromkeys(bool(v) for v in m["batchnorm"]))
+
+    def val(bn: bool, ep: int, col: str) -> float:
+        s = m[(m["batchnorm"] == bn) & (m["epoch"] == ep)][col]
+        return float(s.iloc[0]) if len(s) else math.nan
+
+    out: dict[str, Any] = {"num_classes": run.num_classes, "log2_C": math.log2(run.num_classes)}
+    for bn in variants:
+        k = "BN" if bn else "noBN"
+        out.update({
+            f"log_eig_std_init_{k}": val(bn, 0, "log_eig_std"), f"log_eig_std_end_{k}": val(bn, last, "log_eig_std"),
+            f"entropy_init_{k}": val(bn, 0, "entropy"), f"loss_init_{k}": val(bn, 0, "loss"),
+            f"loss_end_{k}": val(bn, last, "loss")})
+    if True in variants:
+        th = entropy_at_init_theory(config.activation, config.batch_size, run.num_classes, config.width,
+                                    draws=1000 if run.num_classes <= 20 else 300, seed=config.seed)
+        out["mean_field_entropy_init_BN"] = th["mean"]
+        out["mean_field_entropy_sd"] = th["sd"]
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from normfield.fisher.products import factor_product, gram, mirror_lower, mirror_lower_, sample_factor
+from normfield.fisher.products import factor_product, gram, mirror_lower, sample_factor
 
 
 @pytest.mark.parametrize("n,m,block", [(5, 3, None), (70, 9, None), (300, 40, None), (131, 17, 32)])
@@ -20,6 +20,7 @@ def test_gram_is_exactly_symmetric_and_equals_the_full_product(n, m, block):
 
 
 def test_gram_numpy_path_is_exactly_symmetric():
+    # NumPy's a @ a.T is BLAS syrk and copies the computed triangle into the other one
     A = torch.randn(1000, 4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     G = gram(A)
     assert torch.equal(G, G.T)
@@ -30,9 +31,6 @@ def test_mirror_lower_keeps_the_lower_triangle():
     d = torch.arange(16.0).reshape(4, 4)
     s = mirror_lower(d)
     assert torch.equal(torch.tril(s), torch.tril(d)) and torch.equal(s, s.T)
-    big = torch.randn(23, 23, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ref = mirror_lower(big)
-    assert mirror_lower_(big, block=5) is big and torch.equal(big, ref)
 
 
 @pytest.mark.parametrize("T,M", [(6, 9), (12, 4)])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gram", "mirror_lower", "mirror_lower_", "sample_factor", "factor_product"]
+__all__ = ["gram", "mirror_lower", "sample_factor", "factor_product"]
 
 #: CPU products at least this large (rows >= 1000 and rows × columns >= 4e6) go through NumPy,
 #: whose ``a @ a.T`` is BLAS syrk (one triangle, copied into the other: exactly symmetric).
@@ -27,25 +27,13 @@ def mirror_lower(d: torch.Tensor) -> torch.Tensor:
     return torch.tril(d) + torch.tril(d, -1).mT
 
 
-def mirror_lower_(out: torch.Tensor, block: int = 512) -> torch.Tensor:
-    """Make the square ``out`` symmetric in place, keeping its lower triangle (diagonal included).
-
-    Works block column by block column, so the only temporary is one ``block × block`` diagonal
-    block (no n × n copies: the dual of a T = 4000 network is 128 MB)."""
-    n = out.shape[0]
-    for i0 in range(0, n, block):
-        i1 = min(n, i0 + block)
-        out[i0:i1, i0:i1] = mirror_lower(out[i0:i1, i0:i1])
-        out[i0:i1, i1:] = out[i1:, i0:i1].T
-    return out
-
-
 def gram(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """``A Aᵀ`` (n × n) for ``A`` of shape (n, m), exactly symmetric.
 
-    Large CPU products call NumPy (BLAS syrk); small ones stay in torch, whose single OpenMP
-    pool does not thrash on a busy machine (NumPy's OpenBLAS pthreads took ~20 ms for a 100×100
-    product under load, torch ~30 µs).  In torch the rows are split into ``k`` blocks (``block``
+    Large CPU products call NumPy, whose ``a @ a.T`` is BLAS syrk: one triangle is computed and
+    NumPy copies it into the other (exactly symmetric; tested).  Small ones stay in torch, whose
+    single OpenMP pool does not thrash on a busy machine (NumPy's OpenBLAS pthreads took ~20 ms for
+    a 100×100 product under load, torch ~30 µs).  In torch the rows are split into ``k`` blocks (``block``
     rows each, default ``max(64, ⌈n/4⌉)``); block row ``i`` is multiplied against rows ``0..i``
     only (``(k+1)/2k`` of the gemm flops), its diagonal block is mirrored from its lower
     triangle and the blocks above the diagonal are copies of the transposed blocks below.
@@ -53,7 +41,7 @@ def gram(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
     n = A.shape[0]
     if A.device.type == "cpu" and n >= NUMPY_MIN_ROWS and n * A.shape[1] >= NUMPY_MIN_SIZE:
         a = A.detach().contiguous().numpy()
-        return mirror_lower_(torch.from_numpy(a @ a.T))
+        return torch.from_numpy(a @ a.T)  # syrk: one triangle, copied into the other by NumPy
     block = block or max(64, -(-n // 4))
     if n <= block:
         return mirror_lower(A @ A.T)

@@ -1,6 +1,6 @@
 """Speed and memory of the Fisher dual engines (normfield.fisher.dual); ratios in one run.
 
-Targets (issue 7, §6):
+Targets:
   1. relu, L = 3, M = T = 4000, norm none: dual build + λ_max < 30 s (float64), peak memory < 2 GiB.
   2. fast route >= 100× faster than the torch.func jacobian-contraction NTK at M = T = 400.
   3. general route within 10× of the fast route where both apply (met only for small T: the

@@ -69,7 +69,7 @@ def test_general_route_factor_blocks_equal_unchunked(norm, chunk, store):
     # the stored-factor path (all CT = 12 outputs at once) against the recompute fallback
     # (store < CT: blocks of `store` outputs kept, later outputs recomputed in VJP batches of
     # `chunk`); the same sums in a different order, so agreement to round-off (~1e-15)
-    from normfield.fisher.dual import _dual_general
+    from normfield.fisher.dual_general import _dual_general
 
     cfg, p, X = small_case(norm, "tanh", C=3, T=4)
     a = _dual_general(p, X, cfg).numpy()
@@ -85,7 +85,7 @@ def test_general_plan_follows_the_allocation_cap(monkeypatch):
     # factors of all CT outputs stored when they fit under NORMFIELD_MAX_BYTES, else blocks of a
     # multiple of the VJP batch; the result is the same either way (T = 9 > M_0 + 1 = 8 for the
     # first layer: the factor there is [H, 1] itself, not the QR one)
-    from normfield.fisher.dual import _dual_general, _factor_widths, _general_plan, dual_memory_bytes
+    from normfield.fisher.dual_general import _dual_general, _factor_widths, _general_plan, dual_memory_bytes
 
     cfg = MLPConfig("relu", 2.0, 0.5, 3, 7, None, 2, 9, "middle-bn")
     p, X = init_mlp(cfg, 3), sample_inputs(cfg, 4)
@@ -253,7 +253,7 @@ def test_separable_route_equals_full_batch_route(norm, C):
     """Two independent torch.func routes: per-sample Jacobians + the exact output-map Jacobian
     (_dual_separable) against full-batch VJPs that treat every sample as coupled (_dual_general).
     Same sums in another order: agreement to round-off, bounded by 1e-12 relative in float64."""
-    from normfield.fisher.dual import _dual_general, _dual_separable
+    from normfield.fisher.dual_general import _dual_general, _dual_separable
 
     cfg, p, X = small_case(norm, "tanh", C=C + 3 if norm == "layer" else C, T=7)  # layer norm: C >= 3
     a = _dual_separable(p, X, cfg).numpy()
@@ -262,7 +262,7 @@ def test_separable_route_equals_full_batch_route(norm, C):
 
 
 def test_separable_route_refuses_middle_bn():
-    from normfield.fisher.dual import _dual_separable
+    from normfield.fisher.dual_general import _dual_separable
 
     cfg, p, X = small_case("middle-bn", "relu", C=1, T=5)
     with pytest.raises(NormfieldError, match="norm"):

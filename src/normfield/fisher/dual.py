@@ -28,18 +28,11 @@ import torch
 from normfield.core.validation import check_choice, check_finite_array, check_int, check_memory
 from normfield.errors import NormfieldError
 from normfield.fisher.dual_fast import _dual_fast
-from normfield.fisher.dual_general import (  # noqa: F401  (the route's helpers, importable from here)
-    _dual_general,
-    _dual_separable,
-    _factor_widths,
-    _general_chunk,
-    _general_plan,
-    dual_memory_bytes,
-)
-from normfield.fisher.dual_matrixfree import MATRIX_FREE_MAX_FLOPS, _fisher_matrix_free  # noqa: F401
+from normfield.fisher.dual_general import _dual_general, _dual_separable, dual_memory_bytes
+from normfield.fisher.dual_matrixfree import _fisher_matrix_free
 from normfield.fisher.networks import MLPConfig, Params, _forward, check_params
-from normfield.fisher.placements import FAST_NORMS, SEPARABLE_NORMS, get_placement  # noqa: F401
-from normfield.fisher.result import DENSE_EIG_MAX, FisherResult, _finish  # noqa: F401
+from normfield.fisher.placements import FAST_NORMS, get_placement
+from normfield.fisher.result import FisherResult, _finish
 
 __all__ = ["FisherResult", "fisher_dual", "fisher_dual_variants", "dual_memory_bytes", "FAST_NORMS"]
 

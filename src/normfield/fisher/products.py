@@ -30,9 +30,10 @@ def mirror_lower(d: torch.Tensor) -> torch.Tensor:
 def gram(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """``A Aᵀ`` (n × n) for ``A`` of shape (n, m), exactly symmetric.
 
-    Large CPU products call NumPy (BLAS syrk); small ones stay in torch, whose single OpenMP
-    pool does not thrash on a busy machine (NumPy's OpenBLAS pthreads took ~20 ms for a 100×100
-    product under load, torch ~30 µs).  In torch the rows are split into ``k`` blocks (``block``
+    Large CPU products call NumPy, whose ``a @ a.T`` is BLAS syrk: one triangle is computed and
+    NumPy copies it into the other (exactly symmetric; tested).  Small ones stay in torch, whose
+    single OpenMP pool does not thrash on a busy machine (NumPy's OpenBLAS pthreads took ~20 ms for
+    a 100×100 product under load, torch ~30 µs).  In torch the rows are split into ``k`` blocks (``block``
     rows each, default ``max(64, ⌈n/4⌉)``); block row ``i`` is multiplied against rows ``0..i``
     only (``(k+1)/2k`` of the gemm flops), its diagonal block is mirrored from its lower
     triangle and the blocks above the diagonal are copies of the transposed blocks below.
@@ -40,7 +41,7 @@ def gram(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
     n = A.shape[0]
     if A.device.type == "cpu" and n >= NUMPY_MIN_ROWS and n * A.shape[1] >= NUMPY_MIN_SIZE:
         a = A.detach().contiguous().numpy()
-        return mirror_lower(torch.from_numpy(a @ a.T))
+        return torch.from_numpy(a @ a.T)  # syrk: one triangle, copied into the other by NumPy
     block = block or max(64, -(-n // 4))
     if n <= block:
         return mirror_lower(A @ A.T)

@@ -127,7 +127,7 @@ def kappas(config: MLPConfig) -> dict[str, float]:
     Returns:
         ``{"kappa1", "kappa2", "alpha"}``.
     """
-    from normfield.fisher.order_params import order_parameters  # foundation engineer's module
+    from normfield.fisher.order_params import order_parameters
 
     op = order_parameters(config.act, config.sw2, config.sb2, config.depth, alphas=list(config.alphas))
     return {"kappa1": float(op.kappa1), "kappa2": float(op.kappa2), "alpha": float(config.alpha)}
@@ -255,7 +255,7 @@ def bn_order_parameters(activation: Any, samples: int) -> dict[str, float]:
     batch-normalized layer the normalized pre-activations of every unit are uniform on
     the sphere {Σ_t ū_t = 0, ‖ū‖² = T} and every hidden layer has these same values.
     """
-    from normfield.gram.fixed_point import fixed_point  # foundation engineer's module
+    from normfield.gram.fixed_point import fixed_point
 
     fp = fixed_point(get_activation(activation), int(samples))
     return {"qhat_t_bn": float(fp.diagonal), "qhat_st_bn": float(fp.off_diagonal)}

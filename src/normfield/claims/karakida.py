@@ -1,10 +1,12 @@
 """Claims of Karakida, Akaho & Amari 2019 (the FIM of wide random networks under normalization).
 
-Each claim sweeps independent (setting × seed) cells through ``ctx.sweep`` with the exact
-dual engine (:mod:`normfield.fisher.dual`), draws a PNG and compares with the theorem
-(:mod:`normfield.fisher.theory`).  Quick-scale sizes are chosen so that all eight claims
-run in about two minutes on 2 CPU cores while the verdicts stay meaningful; ``paper``
-scale uses the paper's ensembles (100) and larger widths.
+Each claim sweeps independent (setting × seed) cells of a
+:class:`~normfield.fisher.cells.FisherSweep` through ``ctx.sweep``
+(:func:`normfield.experiments.fisher.run_fisher_sweep`, the exact dual engine per cell), draws a
+PNG and compares with the theorem of the placement (:mod:`normfield.fisher.theory`).
+Quick-scale sizes are chosen so that all eight claims run in a few minutes on 2 CPU cores
+while the verdicts stay meaningful; ``paper`` scale uses the paper's ensembles (100) and
+larger widths.
 """
 
 from __future__ import annotations

@@ -421,10 +421,10 @@ def mean_field_from(G0: np.ndarray, activation: Activation, depth: int, norm: st
     ``G0`` is the simulated Gram at layer 0 (so the rows of h_1 are
     N(0, G0)); returns ``(depth+1, n, n)``. Same as
     :func:`normfield.gram.meanfield.mean_field_trajectory`, except that under
-    BN, once a Monte Carlo step lands within its own error of the fixed point
-    G* (‖𝒢_l − G*‖_F <= 3 ‖stderr‖_F), the trajectory is continued as the
-    exact G* (the attracting fixed point of eq. 10): further Monte Carlo
-    steps would only add noise around it, and cost ~0.1 s each.
+    BN with ``method="mc"``, once a Monte Carlo step lands within its own
+    error of the fixed point G* (‖𝒢_l − G*‖_F <= 3 ‖stderr‖_F), the trajectory
+    is continued as the exact G* (the attracting fixed point of eq. 10):
+    further Monte Carlo steps would only add noise around it.
     """
     from normfield.gram.meanfield import gram_map
 

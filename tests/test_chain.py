@@ -56,7 +56,9 @@ def test_seeded_reproducible_and_independent_of_batching():
     c = simulate_chain("tanh", 50, 4, 5, seeds=1, seed=7)
     d = simulate_chain("tanh", 50, 4, 5, seeds=3, seed=8)
     np.testing.assert_array_equal(a.grams, b.grams)
-    np.testing.assert_array_equal(a.grams[:1], c.grams)  # seed 0's path does not depend on K
+    # seed 0's random stream does not depend on K; the batched products over K seeds may split
+    # their reductions differently from a single product (BLAS threading), so round-off only
+    np.testing.assert_allclose(a.grams[:1], c.grams, rtol=1e-12, atol=1e-14)
     assert not np.allclose(a.grams[:, -1], d.grams[:, -1])
     g = torch.Generator().manual_seed(3)
     e = simulate_chain("tanh", 50, 4, 5, seeds=2, seed=g)

@@ -16,8 +16,7 @@ For ``(u, v) ~ N(0, [[q11, q12], [q12, q22]])``, ``s = √(q11 q22)`` and
 
 Each activation of :mod:`normfield.core.activations` that has closed forms
 carries a :class:`ClosedForms` built here; :mod:`normfield.core.kernels`
-calls it and falls back to quadrature otherwise. The float operations are
-those of the former name dispatch, in the same order.
+calls it and falls back to quadrature otherwise.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ import torch
 from normfield.core.activations import Activation
 from normfield.core.kernels import kernel
 from normfield.core.seeding import derive_seed
+from normfield.core.normalize import center
 from normfield.core.validation import check_memory
 
 __all__ = ["bn_map_cv", "bn_moments", "bn_relu_moments", "kink", "DEGREE", "TOL", "MAX_SAMPLES"]
@@ -260,7 +261,8 @@ def bn_map_cv(
     """
     n = G.shape[0]
     Gc = G - G.mean(axis=0, keepdims=True)
-    S = 0.5 * ((Gc - Gc.mean(axis=1, keepdims=True)) + (Gc - Gc.mean(axis=1, keepdims=True)).T)
+    Gc = Gc - Gc.mean(axis=1, keepdims=True)
+    S = 0.5 * (Gc + Gc.T)  # M G M
     tr = float(np.trace(S))
     v = n * np.clip(np.diag(S), 0.0, None) / tr
     K = int(degree)
@@ -296,7 +298,7 @@ def bn_map_cv(
             q = eng.draw(add, dtype=torch.float64).clamp_(1e-17, 1.0 - 1e-17)
             z = torch.special.ndtri(q).to(device)
             h = z @ Lt.T
-            y = h - h.mean(dim=1, keepdim=True)
+            y = center(h, 1)
             u = math.sqrt(n) * y / y.norm(dim=1, keepdim=True)
             x = act(u).to(torch.float64)
             hp = ct[:, K].expand_as(u).clone()

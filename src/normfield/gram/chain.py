@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from normfield.core.activations import Activation, get_activation
+from normfield.core.normalize import center
 from normfield.core.validation import (
     check_batch_for_norm,
     check_choice,
@@ -171,7 +172,7 @@ def _normalize(h: torch.Tensor, norm: str, eps: float, *, centered: bool = False
         return h
     dim = -2 if norm == "bn" else -1  # bn: over the n samples of a unit; ln: over the d units of a sample
     m = h.shape[dim]
-    c = h if centered else h - h.mean(dim=dim, keepdim=True)
+    c = h if centered else center(h, dim)
     sq = (c * c).sum(dim=dim, keepdim=True).mul_(1.0 / m)
     if eps:
         sq = sq.add_(eps)
@@ -374,7 +375,7 @@ def simulate_chain(
                 # unless the next layer's raw h is recorded (its singular values)
                 centered = norm == "bn" and not (svals is not None and (layer + 1) in rec_pos)
                 if centered:
-                    C = C - C.mean(dim=-2, keepdim=True)
+                    C = center(C, -2)
                 h = C @ Zt
             else:
                 # h_{l+1} = W_l X (d × n), stored transposed as Xᵀ W_lᵀ

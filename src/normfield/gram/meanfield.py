@@ -55,6 +55,7 @@ import torch
 
 from normfield.core.activations import Activation, ActivationLike, get_activation
 from normfield.core.kernels import kernel
+from normfield.core.normalize import center
 from normfield.core.validation import check_choice, check_device, check_float, check_int, check_memory, check_psd
 from normfield.errors import NormfieldError
 from normfield.gram.bn_map import MAX_SAMPLES, TOL, bn_map_cv
@@ -289,7 +290,7 @@ def gram_map_mc(
         z = torch.randn(b, n, generator=gen, dtype=dtype, device=device)
         h = z @ Lt.T
         if norm == "bn":
-            y = h - h.mean(dim=1, keepdim=True)
+            y = center(h, 1)
             h = math.sqrt(n) * y / y.norm(dim=1, keepdim=True)
         elif norm == "ln":
             h = h / dg

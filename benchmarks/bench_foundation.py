@@ -1,6 +1,6 @@
 """Foundation timings: G*, the κ's, 2-D kernels and the exact BN Gram map.
 
-Targets (issue 2 §7): G* and the κ's each in < 50 ms after warm-up. Baselines
+Targets: G* and the κ's each in < 50 ms after warm-up. Baselines
 measured in the same run: SciPy adaptive ``dblquad`` and a 200-node
 Gauss–Hermite product rule for the tanh 2-D kernel (speed *and* accuracy), and
 a 200k-sample Monte Carlo for the BN Gram map.

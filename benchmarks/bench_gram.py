@@ -1,6 +1,6 @@
 """Benchmark of the Gram-chain engines (normfield.gram.chain).
 
-Targets (issue 3, §5), ratios measured in one run:
+Targets, ratios measured in one run:
 
 1. fast vs explicit engine at n = 10, depth 20: >= 100x at d = 2000, >= 300x at d = 4000
    (one seed; also reported with 10 seeds, where the fast engine is vectorised over seeds).

@@ -56,7 +56,9 @@ def test_seeded_reproducible_and_independent_of_batching():
     c = simulate_chain("tanh", 50, 4, 5, seeds=1, seed=7)
     d = simulate_chain("tanh", 50, 4, 5, seeds=3, seed=8)
     np.testing.assert_array_equal(a.grams, b.grams)
-    np.testing.assert_array_equal(a.grams[:1], c.grams)  # seed 0's path does not depend on K
+    # seed 0's random stream does not depend on K; the batched products over K seeds may split
+    # their reductions differently from a single product (BLAS threading), so round-off only
+    np.testing.assert_allclose(a.grams[:1], c.grams, rtol=1e-12, atol=1e-14)
     assert not np.allclose(a.grams[:, -1], d.grams[:, -1])
     g = torch.Generator().manual_seed(3)
     e = simulate_chain("tanh", 50, 4, 5, seeds=2, seed=g)
@@ -229,7 +231,7 @@ def test_explicit_engine_refuses_before_allocating():
 
 
 def test_mean_field_from_switches_to_gstar_within_monte_carlo_error():
-    # tanh + BN has no exact map for a general G: Monte Carlo steps until the trajectory is within
+    # tanh + BN by plain Monte Carlo (method="mc"): Monte Carlo steps until the trajectory is within
     # 3 standard errors (Frobenius) of G*, then the exact G*.
     from normfield.gram.chain import mean_field_from
     from normfield.gram.fixed_point import fixed_point
@@ -238,9 +240,9 @@ def test_mean_field_from_switches_to_gstar_within_monte_carlo_error():
 
     act = get_activation("tanh")
     G0 = simulate_chain("tanh", 200, 4, 0, seed=3).grams[0, 0]
-    traj = mean_field_from(G0, act, 12, "bn", samples=20_000, seed=5)
+    traj = mean_field_from(G0, act, 12, "bn", method="mc", samples=20_000, seed=5)
     Gs = fixed_point("tanh", 4).matrix
-    np.testing.assert_array_equal(traj[1], gram_map(G0, act, norm="bn", samples=20_000, seed=6))
+    np.testing.assert_array_equal(traj[1], gram_map(G0, act, norm="bn", method="mc", samples=20_000, seed=6))
     hit = [l for l in range(13) if np.array_equal(traj[l], Gs)]
     assert hit and hit == list(range(hit[0], 13))  # once G*, G* to the end
     assert np.linalg.norm(traj[hit[0] - 1] - Gs) < np.linalg.norm(G0 - Gs)

@@ -69,3 +69,30 @@ def test_bad_input_exit_2(capsys, argv, match):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+def test_mean_field_defaults_are_the_library_defaults():
+    from normfield.cli import gram as cli_gram
+    from normfield.gram.bn_map import MAX_SAMPLES, TOL
+
+    assert cli_gram._MF_SAMPLES == MAX_SAMPLES and cli_gram._MF_TOL == TOL
+
+
+def test_activation_spellings_agree_with_fixed_point(capsys):
+    # --activation leaky_relu:0.2 and --activation leaky_relu --slope 0.2 are one activation, in both commands
+    base = ["gram", "--width", "100", "--batch", "3", "--depth", "2", "--seeds", "2", "--no-mean-field", "--json"]
+    a = _json(capsys, base + ["--activation", "leaky_relu:0.2"])
+    b = _json(capsys, base + ["--activation", "leaky_relu", "--slope", "0.2"])
+    assert a["distance_to_fixed_point"] == b["distance_to_fixed_point"]
+    fp = _json(capsys, ["fixed-point", "--activation", "leaky_relu:0.2", "--batch", "3", "--json"])
+    assert a["fixed_point"] == fp and a["fixed_point"]["activation"] == "leaky_relu(slope=0.2)"
+    assert main(base + ["--activation", "tanh", "--slope", "0.2"]) == 2
+    assert "--slope" in capsys.readouterr().err
+
+
+def test_non_homogeneous_mean_field_step_is_within_its_stated_error(capsys):
+    # tanh + BN: the mean-field distance uses the general route; at layer 0 it is 0 by construction
+    p = _json(capsys, ["gram", "--activation", "tanh", "--width", "200", "--batch", "4", "--depth", "2",
+                       "--seeds", "2", "--json"])
+    assert p["distance_to_mean_field"]["mean"][0] == 0.0
+    assert p["settings"]["mf_tol"] == 1e-3 and p["settings"]["mf_samples"] == 4_194_304

@@ -41,7 +41,8 @@ def resolve_activation(args: argparse.Namespace):
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_activation_parser(sub, "fixed-point", help="the batch-norm fixed point G* (Joudaki eq. 10)",
-                              description="Exact b* (diagonal), off-diagonal entry, eigenvalues and condition "
+                              description="Exact b* (diagonal), off-diagonal entry, the two eigenvalues (value and "
+                              "multiplicity) and condition "
                               "number of the BN mean-field fixed point G* = b*((1-c*)I + c*11^T) for a batch of n.")
     p.add_argument("--batch", required=True, type=int, help="batch size n >= 2")
     add_json_flag(p)
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
     def render(p: dict) -> str:
         n = p["batch"]
-        ev = p["eigenvalues"]
         rows = [
             {"quantity": "b* (diagonal)", "value": p["diagonal"]},
             {"quantity": "off-diagonal b*c*", "value": p["off_diagonal"]},

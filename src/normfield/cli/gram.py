@@ -21,6 +21,12 @@ import argparse
 from typing import Any
 
 from normfield.cli._common import add_device_flags, add_json_flag, format_table
+from normfield.cli.fixed_point import add_activation_args, resolve_activation
+
+#: defaults of the mean-field step without an exact route (= normfield.gram.bn_map.MAX_SAMPLES, TOL;
+#: tests/test_cli_gram.py checks they agree, the CLI does not import the numerical modules to register)
+_MF_SAMPLES = 4_194_304
+_MF_TOL = 1e-3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Simulate h_{l+1} = W_l σ(φ(h_l)) for K seeds and report, per layer, the distance of the "
                     "Gram matrix G_l to the BN fixed point G* (eq. 10) and to the mean-field trajectory "
                     "(eq. 3): mean and 5%/95% quantiles over seeds.")
-    p.add_argument("--activation", required=True, help="activation name (relu, tanh, selu, leaky_relu:0.2, ...)")
+    add_activation_args(p)
     p.add_argument("--width", type=int, required=True, help="width d >= 1")
     p.add_argument("--batch", type=int, required=True, help="batch size n (>= 2 under bn)")
     p.add_argument("--depth", type=int, required=True, help="number of layers L >= 0")
@@ -42,48 +48,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=0.0, help="epsilon added to the variance inside the norm (default 0)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--no-mean-field", action="store_true", help="skip the mean-field trajectory")
-    p.add_argument("--mf-samples", type=int, default=50_000,
-                   help="Monte Carlo draws per mean-field step where no exact route exists (BN with a "
-                        "non-homogeneous activation; default 50000: its noise, ~0.02 in Frobenius norm at "
-                        "n = 10, adds in quadrature to distances of ~0.2)")
+    p.add_argument("--mf-samples", type=int, default=_MF_SAMPLES,
+                   help="cap on the quasi-Monte Carlo points per mean-field step where no exact route exists "
+                        f"(BN with a non-homogeneous activation; default {_MF_SAMPLES}). Such a step integrates "
+                        "a polynomial fit of the activation exactly and the remainder by quasi-Monte Carlo, "
+                        "doubling the points until its stated Frobenius error is at most --mf-tol")
+    p.add_argument("--mf-tol", type=float, default=_MF_TOL,
+                   help=f"stated Frobenius error of such a mean-field step (default {_MF_TOL:g})")
     add_device_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
-def _band(summary, metric: str) -> dict[str, list[float]] | None:
-    s = summary[summary.metric == metric].sort_values("layer")
-    if s.empty:
-        return None
-    return {"mean": s["mean"].tolist(), "q05": s["q05"].tolist(), "q95": s["q95"].tolist()}
-
-
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from normfield.core.validation import check_int
-    from normfield.gram.chain import gram_chain, summarize_chain
-    from normfield.gram.fixed_point import fixed_point
+    from normfield.core.validation import check_float, check_int
+    from normfield.experiments.gram import chain_report
 
     check_int("--seeds", args.seeds, minimum=1)
     check_int("--mf-samples", args.mf_samples, minimum=100)
-    n = args.batch
-    fp = None
-    df = gram_chain(args.activation, args.width, args.batch, args.depth, seeds=args.seeds, norm=args.norm,
-                    engine=args.engine, inputs=args.inputs, eps=args.eps, dtype=args.dtype, device=args.device,
-                    seed=args.seed, mean_field=not args.no_mean_field,
-                    mean_field_options={"samples": args.mf_samples, "seed": args.seed})
-    if args.norm == "bn":
-        fp = fixed_point(args.activation, n)
-    summ = summarize_chain(df)
-    layers = sorted(int(v) for v in df.layer.unique())
+    check_float("--mf-tol", args.mf_tol, minimum=0.0)
+    act = resolve_activation(args)
+    rep = chain_report(act, args.width, args.batch, args.depth, seeds=args.seeds, norm=args.norm,
+                       engine=args.engine, inputs=args.inputs, eps=args.eps, dtype=args.dtype, device=args.device,
+                       seed=args.seed, mean_field=not args.no_mean_field,
+                       mean_field_options={"max_samples": args.mf_samples, "tol": args.mf_tol, "seed": args.seed})
+    fp = rep.pop("fixed_point")
     payload = {
-        "layers": layers,
-        "distance_to_fixed_point": _band(summ, "dist_fixed_point"),
-        "distance_to_mean_field": _band(summ, "dist_mean_field"),
-        "condition_number": _band(summ, "condition_number"),
+        **rep,
         "fixed_point": fp.to_dict() if fp is not None else None,
         "settings": {k: getattr(args, k) for k in ("activation", "width", "batch", "depth", "seeds", "norm",
                                                    "engine", "inputs", "eps", "dtype", "device", "seed",
-                                                   "mf_samples")},
+                                                   "mf_samples", "mf_tol", "slope")},
     }
     return payload, render
 

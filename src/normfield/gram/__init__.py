@@ -1,15 +1,15 @@
-"""gram subpackage."""
+"""Gram matrices of batch-normalised random MLPs (Joudaki et al. 2023): the fixed point G*, the
+mean-field map, finite-width chains, spectra and Theorem 1 fits."""
 
 __all__: list[str] = []
 
-# -- engineer F: fixed point G*, mean-field Gram map ---------------------------
+# fixed point G*, mean-field Gram map
 from normfield.gram.fixed_point import FixedPoint, fixed_point  # noqa: E402
 from normfield.gram.meanfield import gram_map, gram_map_mc, mean_field_trajectory  # noqa: E402
 
 __all__ += ["FixedPoint", "fixed_point", "gram_map", "gram_map_mc", "mean_field_trajectory"]
-# -- end engineer F -------------------------------------------------------------
 
-# -- engineer J: finite-width chains, spectra, Theorem 1 fits -------------------
+# finite-width chains, spectra, Theorem 1 fits
 from normfield.gram.chain import ChainResult, gram_chain, simulate_chain, summarize_chain  # noqa: E402
 from normfield.gram.fit import SlopeFit, Theorem1Fit, fit_theorem1, loglog_slope  # noqa: E402
 from normfield.gram.spectra import (  # noqa: E402
@@ -32,4 +32,3 @@ __all__ += [
     "mp_support", "mp_pdf", "mp_cdf", "mp_quantile", "mp_singular_pdf", "mp_singular_cdf",
     "ks_distance", "outlier_mask", "count_outliers", "spectral_distance", "bulk_deviation",
 ]
-# -- end engineer J -------------------------------------------------------------

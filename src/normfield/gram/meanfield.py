@@ -34,9 +34,14 @@ Routes (``method``):
   then ``√n y/‖y‖`` is uniform on the BN sphere and the output is G*
   (:func:`normfield.gram.fixed_point.fixed_point`). ``norm="none"`` and
   ``"ln"`` are always exact (2-D kernels).
+* ``"cv"`` for BN with any σ (:mod:`normfield.gram.bn_map`): the moments
+  ``E[u_i^a u_j^b]`` and ``E[relu(u_i) u_j^b]`` by the same 1-D integral, a
+  polynomial (plus relu, for a kink at 0) fitted to σ integrated exactly, and
+  the small remainder by randomised quasi-Monte Carlo, with the stated
+  Frobenius error (≤ ``tol``, default 1e-3, when the draws allow).
 * ``"mc"``: Monte Carlo over ``samples`` draws of ``h`` (any activation),
   with standard errors (:func:`gram_map_mc`).
-* ``"auto"``: exact when available, else Monte Carlo.
+* ``"auto"``: exact when available, else ``"cv"``.
 """
 
 from __future__ import annotations
@@ -50,14 +55,15 @@ import torch
 
 from normfield.core.activations import Activation, ActivationLike, get_activation
 from normfield.core.kernels import kernel
-from normfield.core.validation import check_choice, check_device, check_int, check_memory, check_psd
+from normfield.core.normalize import center
+from normfield.core.validation import check_choice, check_device, check_float, check_int, check_memory, check_psd
 from normfield.errors import NormfieldError
+from normfield.gram.bn_map import MAX_SAMPLES, TOL, bn_map_cv
 
 __all__ = ["gram_map", "gram_map_mc", "mean_field_trajectory", "NORMS"]
 
 NORMS = ("bn", "none", "ln")
-_METHODS = ("auto", "exact", "mc")
-_EXACT_BN = ("relu", "leaky_relu", "identity")
+_METHODS = ("auto", "exact", "cv", "mc")
 _DEFAULT_SAMPLES = 200_000
 
 
@@ -164,6 +170,8 @@ def gram_map(
     seed: int = 0,
     return_error: bool = False,
     device: str = "cpu",
+    tol: float = TOL,
+    max_samples: int = MAX_SAMPLES,
 ):
     """One step of the mean-field Gram map (Joudaki et al. 2023, eq. 3).
 
@@ -171,13 +179,16 @@ def gram_map(
         G: (n, n) symmetric PSD matrix (the covariance of a row ``h``).
         activation: name, :class:`~normfield.Activation` or torch callable.
         norm: ``"bn"`` (eq. 3), ``"none"`` or ``"ln"`` (module docstring).
-        method: ``"auto"``, ``"exact"`` or ``"mc"`` (module docstring).
-        samples: Monte Carlo draws (``method="mc"`` or the MC fallback).
-        seed: Monte Carlo seed.
+        method: ``"auto"``, ``"exact"``, ``"cv"`` or ``"mc"`` (module docstring).
+        samples: Monte Carlo draws (``method="mc"``).
+        seed: Monte Carlo seed (``"mc"`` and ``"cv"``).
         return_error: also return an error estimate: the quadrature estimate
-            (max over entries) for exact routes, the (n, n) standard errors for MC.
+            (max over entries) for exact routes, the stated Frobenius error for
+            ``"cv"``, the (n, n) standard errors for ``"mc"``.
         device: where Monte Carlo draws run (``"cpu"`` or ``"cuda"``); exact
             routes run in float64 NumPy.
+        tol: stated Frobenius error the ``"cv"`` route draws points until.
+        max_samples: cap on the ``"cv"`` route's quasi-Monte Carlo points.
 
     Returns:
         (n, n) float64 array (or ``(array, error)``).
@@ -191,6 +202,9 @@ def gram_map(
     check_choice("method", method, _METHODS)
     G = _check_G(G, norm)
     n = G.shape[0]
+    if method == "cv" and norm != "bn":
+        raise NormfieldError(f"method='cv' is the batch-norm route; norm={norm!r} is exact (use method='auto')",
+                             argument="method")
     if method == "mc":
         m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed, device=device)
         return (m, se) if return_error else m
@@ -208,17 +222,21 @@ def gram_map(
 
         fp = fixed_point(act, n)
         return (fp.matrix, fp.error) if return_error else fp.matrix
-    if act.name in _EXACT_BN:
+    if act.linear_parts is not None and method != "cv":
         out, err = _bn_exact_homogeneous(act, G)
         return (out, err) if return_error else out
     if method == "exact":
         raise NormfieldError(
             f"method='exact': no exact BN route for {act.label} with a non-exchangeable G "
-            f"(exact routes: {', '.join(_EXACT_BN)}, or G = aI + b11ᵀ); use method='mc' or 'auto'",
+            "(exact routes: relu, leaky_relu, identity, or G = aI + b11ᵀ); use method='cv', 'mc' or 'auto'",
             argument="method",
         )
-    m, se = gram_map_mc(G, act, norm=norm, samples=samples, seed=seed, device=device)
-    return (m, se) if return_error else m
+    tol = check_float("tol", tol, minimum=0.0)
+    cap = check_int("max_samples", max_samples, minimum=64)
+    check_int("seed", seed, minimum=0)
+    check_device("device", device)
+    out, err, _ = bn_map_cv(act, G, tol=tol, seed=seed, max_samples=cap, device=device)
+    return (out, err) if return_error else out
 
 
 def gram_map_mc(
@@ -272,7 +290,7 @@ def gram_map_mc(
         z = torch.randn(b, n, generator=gen, dtype=dtype, device=device)
         h = z @ Lt.T
         if norm == "bn":
-            y = h - h.mean(dim=1, keepdim=True)
+            y = center(h, 1)
             h = math.sqrt(n) * y / y.norm(dim=1, keepdim=True)
         elif norm == "ln":
             h = h / dg
@@ -297,6 +315,8 @@ def mean_field_trajectory(
     samples: int = _DEFAULT_SAMPLES,
     seed: int = 0,
     device: str = "cpu",
+    tol: float = TOL,
+    max_samples: int = MAX_SAMPLES,
 ) -> np.ndarray:
     """Iterate the mean-field Gram map: ``G_{l+1} = F(G_l)`` (Joudaki et al. 2023, eq. 3).
 
@@ -309,7 +329,7 @@ def mean_field_trajectory(
 
     Args:
         G0: (n, n) PSD matrix.
-        activation, norm, method, samples, device: as :func:`gram_map`.
+        activation, norm, method, samples, device, tol, max_samples: as :func:`gram_map`.
         depth: number of map applications (>= 0).
         seed: Monte Carlo seed; step ``l`` uses ``seed + l``.
 
@@ -324,5 +344,6 @@ def mean_field_trajectory(
     out = np.empty((L + 1, n, n))
     out[0] = G
     for l in range(1, L + 1):
-        out[l] = gram_map(out[l - 1], act, norm=norm, method=method, samples=samples, seed=seed + l, device=device)
+        out[l] = gram_map(out[l - 1], act, norm=norm, method=method, samples=samples, seed=seed + l, device=device,
+                          tol=tol, max_samples=max_samples)
     return out

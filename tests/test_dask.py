@@ -81,3 +81,25 @@ def test_reproduce_on_dask_local_equals_in_process(tmp_path, capsys, monkeypatch
     da = pd.read_parquet(tmp_path / "a" / "data" / "R-demo_kernel.parquet")
     db = pd.read_parquet(tmp_path / "b" / "data" / "R-demo_kernel.parquet")
     pd.testing.assert_frame_equal(da, db, check_exact=True)
+
+
+def test_readme_install_gives_dask(tmp_path, capsys):
+    """The README's main command installs the package without extras, and that is enough for Dask:
+    `distributed` is a default dependency, and a smoke-scale claim runs on `--dask-local 2`."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    main_line = next(l for l in (root / "README.md").read_text().splitlines()
+                     if "&& normfield reproduce" in l and "pip install" in l)
+    installs = re.findall(r"pip install (?:-q )?(?:-e )?(\S+)", main_line)
+    assert "." in installs and not any("[" in i for i in installs), main_line  # no extra in the main command
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"distributed\b", d) for d in deps)
+    out = tmp_path / "o"
+    assert main(["reproduce", "J-eq10", "--scale", "smoke", "--dask-local", "2", "--no-progress", "--json",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["run"]["executor"] == "dask" and res["run"]["workers"] == 2
+    assert res["claims"][0]["id"] == "J-eq10" and res["claims"][0]["measured"]

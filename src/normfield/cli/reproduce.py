@@ -145,6 +145,14 @@ def _check_conflicts(args: argparse.Namespace) -> None:
             raise NormfieldError(f"{fa} and {fb} conflict: give one of them", argument=f"{fa}/{fb}")
 
 
+def _render_list(p: dict) -> str:
+    text = format_table(p["claims"], ["id", "paper", "reference", "title"])
+    if p["aliases"]:
+        rows = [{"alias": a, "runs": " + ".join(v)} for a, v in p["aliases"].items()]
+        text += "\n\naliases (an alias id runs the claims it names):\n" + format_table(rows, ["alias", "runs"])
+    return text
+
+
 def _workers(executor: str, args: argparse.Namespace) -> int | None:
     """The number of worker processes the run may use (None: in this process or a remote scheduler)."""
     if executor == "process":
@@ -165,7 +173,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         payload = {"claims": [{"id": s.id, "title": s.title, "paper": s.paper, "reference": s.reference}
                               for s in specs],
                    "aliases": {a: list(v) for a, v in sorted(aliases().items())}}
-        return payload, lambda p: format_table(p["claims"], ["id", "paper", "reference", "title"])
+        return payload, _render_list
     ids = expand_ids(args.claims)
     for i in ids:  # validate all ids before any work
         get_claim(i)

@@ -212,6 +212,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
                        progress=not args.no_progress, sweep_options=sweep_options)
     from normfield.claims.registry import run_claims
     from normfield.report import write_report
+    from normfield.report.writer import failure_kind, summary_line
 
     n_claims = len(ids) if ids else len(all_claims())
     done: list[ClaimResult] = []
@@ -250,12 +251,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     paths = write_report(results, out, meta=meta, compare=compare)
     payload = {
         "claims": [
-            {"id": r.id, "title": r.title, "verdict": r.verdict, "measured": r.measured,
+            {"id": r.id, "title": r.title, "verdict": r.verdict, "failure": failure_kind(r), "measured": r.measured,
              "expected": r.expected, "wall_time_s": r.wall_time_s,
              "cells": sum(s.get("cells", 0) for s in r.sweeps),
              "cached": sum(s.get("cached", 0) for s in r.sweeps)}
             for r in results
         ],
+        "summary": summary_line(results),
         "scale": args.scale,
         "out": str(out),
         "report": str(paths["html"]),
@@ -263,11 +265,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     }
 
     def render(p: dict) -> str:
-        rows = [{"id": c["id"], "verdict": c["verdict"], "s": round(c["wall_time_s"], 1),
-                 "cells": f"{c['cells']} ({c['cached']} cached)", "title": c["title"]}
+        rows = [{"id": c["id"], "verdict": c["verdict"] + (f" ({c['failure']})" if c["failure"] else ""),
+                 "s": round(c["wall_time_s"], 1), "cells": f"{c['cells']} ({c['cached']} cached)",
+                 "title": c["title"]}
                 for c in p["claims"]]
-        n = sum(c["verdict"] == "PASS" for c in p["claims"])
-        return (format_table(rows) + f"\n\n{n}/{len(rows)} PASS at scale {p['scale']} in "
+        return (format_table(rows) + f"\n\n{p['summary']} at scale {p['scale']} in "
                 f"{p['wall_time_s']:.1f} s; report written to {p['report']}")
 
     return payload, render

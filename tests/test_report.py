@@ -103,7 +103,8 @@ def test_verdict_words_per_claim_and_in_the_summary_line(tmp_path):
     assert res["summary"]["not_reproduced"] == 2 and res["summary"]["unexplained"] == 1
     assert res["summary"]["line"] == line
     md = paths["md"].read_text()
-    assert line + "." in md and "| N0 | Joudaki et al. 2023 | Fig. 1, eq. (10) | FAIL (paper statement not reproduced) |" in md
+    assert line + "." in md
+    assert "| N0 | Joudaki et al. 2023 | Fig. 1, eq. (10) | FAIL (paper statement not reproduced) |" in md
     assert "## U0: title of U0 — **FAIL (unexplained)**" in md
     page = paths["html"].read_text()
     assert line + ".</p>" in page and "<span class='FAIL'>FAIL (paper statement not reproduced)</span>" in page

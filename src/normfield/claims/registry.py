@@ -24,8 +24,8 @@ from normfield.errors import NormfieldError
 __all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "alias", "aliases", "expand_ids", "all_claims",
            "get_claim", "run_claims"]
 
-SCALES = ("smoke", "quick", "paper")
-FAILURE_KINDS = ("not-reproduced", "unexplained")  # see ClaimResult.failure  # smoke: tiny sizes, for the test suite only
+SCALES = ("smoke", "quick", "paper")  # smoke: tiny sizes that exercise the code; its verdicts mean nothing
+FAILURE_KINDS = ("not-reproduced", "unexplained")  # see ClaimResult.failure
 
 
 @dataclass(frozen=True)

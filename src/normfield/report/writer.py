@@ -360,7 +360,8 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
             f"<h3>Settings</h3>{_html_kv(r.settings)}"
             f"<h3>Measured</h3>{_html_kv(r.measured)}"
             f"<h3>Expected</h3>{_html_kv(r.expected)}"
-            f"<p>Verdict: <span class='{r.verdict}'>{html.escape(verdict_words(r))}</span>; wall time {r.wall_time_s:.1f} s; "
+            f"<p>Verdict: <span class='{r.verdict}'>{html.escape(verdict_words(r))}</span>; "
+            f"wall time {r.wall_time_s:.1f} s; "
             f"{html.escape(runner_line)}</p>"
             + (f"<p class='{'banner' if 'DIFFERS' in cmp_line else 'cmp'}'>{html.escape(cmp_line)}</p>"
                if cmp_line else "")

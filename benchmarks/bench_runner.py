@@ -1,17 +1,21 @@
 """Overheads and speed-ups of the sweep runner (normfield.runner); ratios measured in one run.
 
-Targets (issue 5):
+Targets:
   1. Runner bookkeeping (hash, settings columns, tidy concat) on trivial cells
      costs < 1 ms per cell over a plain Python loop.
   2. Cache: a fully cached re-run is >= 20× faster than computing cells of ~20 ms,
      and committing a cell (Arrow IPC + one SQLite WAL transaction) costs < 2 ms.
-  3. Process pool of N = cores workers on CPU-bound single-threaded cells:
+  3. Process pool of N = usable CPUs on CPU-bound single-threaded cells:
      >= 0.6·N× faster than in-process once the pool is warm.
   4. Dask LocalCluster(N) on the same cells (warm): >= 0.5·N× faster than in-process.
+  5. (--reproduce) `normfield reproduce` at quick scale with the default executor
+     takes <= 0.65× the wall time of `--workers 1` on 2 CPUs, with identical
+     `measured` values for every claim (a few minutes per run).
 
 Usage:  python benchmarks/bench_runner.py [--cells 16] [--samples 1500000] [--json] [--no-dask]
-Under CPU contention (other jobs on the machine) the parallel ratios drop; the
-script prints the load average next to the numbers.
+                                          [--reproduce [CLAIM_ID ...]]
+The parallel ratios assume the CPUs are otherwise idle; the script prints the
+load average next to the numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 
 from normfield.runner import ResultCache, run_sweep
 from normfield.runner.examples import mc_kernel_cell
+from normfield.runner.cpus import available_cpus
 from normfield.runner.sweep import shutdown_executors
 
 
@@ -43,9 +48,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1_500_000, help="Monte Carlo samples per cell (sets cell cost)")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reproduce", nargs="*", default=None, metavar="CLAIM_ID",
+                    help="only target 5: time quick-scale reproduce (all claims, or these) default vs --workers 1")
     args = ap.parse_args()
-    ncpu = os.cpu_count() or 1
+    ncpu = available_cpus()
     res: dict = {"cpu_count": ncpu, "load_avg_1min": os.getloadavg()[0]}
+    if args.reproduce is not None:
+        res.update(_reproduce_default_vs_one_worker(args.reproduce))
+        res["targets"] = {"5 default <= 0.65x --workers 1, same measured": res["ratio"] <= 0.65 and res["identical"]}
+        _print(res, args.json)
+        return
 
     # 1. bookkeeping per cell over a plain loop
     cells = [{"seed": s} for s in range(2000)]
@@ -106,14 +118,39 @@ def main() -> None:
     if not args.no_dask:
         targets["4 dask >= 0.5 N x"] = res["dask_speedup"] >= 0.5 * ncpu
     res["targets"] = targets
-    if args.json:
+    _print(res, args.json)
+
+
+def _print(res: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(res))
         return
     for k, v in res.items():
         if k != "targets":
             print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
-    for k, ok in targets.items():
+    for k, ok in res["targets"].items():
         print(f"target {k:26s} {'met' if ok else 'NOT met'}")
+
+
+def _reproduce_default_vs_one_worker(ids: list[str]) -> dict:
+    """Wall time of `normfield reproduce IDS --no-cache` with the default executor and with --workers 1."""
+    import subprocess
+    import sys
+
+    out: dict = {}
+    measured = {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, extra in (("default", []), ("workers1", ["--workers", "1"])):
+            cmd = [sys.executable, "-m", "normfield", "reproduce", *ids, "--no-progress", "--no-cache", "--json",
+                   "--out", os.path.join(d, label), *extra]
+            out[f"load_avg_before_{label}"] = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[f"{label}_s"] = time.perf_counter() - t0
+            measured[label] = {c["id"]: c["measured"] for c in json.loads(proc.stdout)["claims"]}
+    out["ratio"] = out["default_s"] / out["workers1_s"]
+    out["identical"] = measured["default"] == measured["workers1"]
+    return out
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_all_files_and_sections(tmp_path):
                        "Settings", "width", "512", "Measured", "0.4975", "Expected", "0.5 ± 0.01", "Verdict",
                        "Notes", "quick scale"):
             assert needle in sec, (cid, needle)
-    assert "<span class='FAIL'>FAIL</span>" in page and "1/2 claims PASS" in page
+    assert "<span class='FAIL'>FAIL (unexplained)</span>" in page and "1 PASS, 1 FAIL: 1 unexplained." in page
     assert "class='banner'" in page  # quick scale: the report says verdicts may differ at paper scale
     md = paths["md"].read_text()
     assert "| X-fig1 | Joudaki et al. 2023 | Fig. 1, eq. (10) | PASS | 1.2 |" in md
@@ -81,7 +81,33 @@ def test_results_json_has_versions_seeds_and_wall_times(tmp_path):
     (c,) = res["claims"]
     assert c["seeds"] == [3, 4] and c["wall_time_s"] == 1.25 and c["measured"]["ratio"] == "nan"
     assert c["figures"] == ["figures/X-fig1.png"] and c["sweeps"][0]["cached"] == 1
-    assert res["summary"] == {"claims": 1, "pass": 1, "fail": 0, "scale": "quick"}
+    assert res["summary"] == {"claims": 1, "pass": 1, "fail": 0, "not_reproduced": 0, "unexplained": 0,
+                              "line": "1 PASS, 0 FAIL", "scale": "quick"}
+    assert c["failure"] == ""
+
+
+def test_verdict_words_per_claim_and_in_the_summary_line(tmp_path):
+    from normfield.report.writer import summary_line
+
+    results = [_result(tmp_path, f"P{i}") for i in range(3)]
+    results += [_result(tmp_path, f"N{i}", "FAIL", notes="cause measured") for i in range(2)]
+    for r in results[3:]:
+        r.failure = "not-reproduced"
+    results.append(_result(tmp_path, "U0", "FAIL"))  # failure defaults to "unexplained"
+    line = "3 PASS, 3 FAIL: 2 paper statements not reproduced (cause measured), 1 unexplained"
+    assert summary_line(results) == line
+    assert summary_line(results[:4]) == "3 PASS, 1 FAIL: 1 paper statement not reproduced (cause measured)"
+    paths = write_report(results, tmp_path, meta={"scale": "quick"})
+    res = json.loads(paths["json"].read_text())
+    assert [c["failure"] for c in res["claims"]] == ["", "", "", "not-reproduced", "not-reproduced", "unexplained"]
+    assert res["summary"]["not_reproduced"] == 2 and res["summary"]["unexplained"] == 1
+    assert res["summary"]["line"] == line
+    md = paths["md"].read_text()
+    assert line + "." in md
+    assert "| N0 | Joudaki et al. 2023 | Fig. 1, eq. (10) | FAIL (paper statement not reproduced) |" in md
+    assert "## U0: title of U0 — **FAIL (unexplained)**" in md
+    page = paths["html"].read_text()
+    assert line + ".</p>" in page and "<span class='FAIL'>FAIL (paper statement not reproduced)</span>" in page
 
 
 def test_tidy_data_roundtrip(tmp_path):

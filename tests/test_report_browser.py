@@ -20,7 +20,7 @@ import pytest
 
 from normfield.claims.registry import ClaimContext
 from normfield.report import write_report
-from normfield.runner.examples import demo_claim
+from normfield.claims._examples import demo_claim
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and Path(p).exists()), None)

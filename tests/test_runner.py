@@ -13,7 +13,8 @@ from normfield.claims.registry import ClaimContext, ClaimSpec, run_claims
 from normfield.cli import main
 from normfield.errors import NormfieldError
 from normfield.runner import run_sweep
-from normfield.runner.examples import demo_claim, mc_kernel_cell, relu_kernel_exact
+from normfield.claims._examples import demo_claim, relu_kernel_exact
+from normfield.runner.examples import mc_kernel_cell
 
 CELLS = [{"rho": r, "seed": s, "samples": 3000} for r in (-0.5, 0.0, 0.7) for s in (0, 1)]
 
@@ -74,9 +75,38 @@ def test_bad_return_type_names_fn():
         run_sweep(_bad_return_fn, [{"seed": 0}], name="t", progress=False)
 
 
-def test_progress_bar_on_stderr(capsys):
+def test_progress_on_a_log_is_plain_lines(capsys, monkeypatch):
+    import normfield.runner.progress as progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a line at every update
     run_sweep(_dict_fn, [{"seed": s} for s in range(3)], name="my-sweep", progress=True)
-    assert "my-sweep" in capsys.readouterr().err
+    err = capsys.readouterr().err  # captured: not a terminal
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("my-sweep: 1/3 cells") and lines[-1].startswith("my-sweep: 3/3 done")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_silent_when_off(capsys):
+    import io
+
+    from normfield.runner.progress import LogProgress, make_progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = make_progress(3, 0, "term", True, stream=tty)
+    bar.update(3)
+    bar.close()
+    assert "\r" in tty.getvalue() and "term" in tty.getvalue()
+    log = io.StringIO()
+    assert isinstance(make_progress(3, 0, "log", True, stream=log), LogProgress)
+    quiet = make_progress(3, 0, "off", False, stream=tty)
+    quiet.update(3)
+    quiet.close()
+    run_sweep(_dict_fn, [{"seed": s} for s in range(3)], name="silent", progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_mc_cell_agrees_with_closed_form():

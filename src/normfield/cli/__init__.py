@@ -40,50 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
             continue
-        try:
-            module = importlib.import_module(f"normfield.cli.{mod.name}")
-            if hasattr(module, "register"):
-                module.register(sub)
-        except Exception as e:  # noqa: BLE001 - one broken command must not take the others down
-            _register_broken(sub, mod.name, e)
+        module = importlib.import_module(f"normfield.cli.{mod.name}")  # a broken command module raises
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
-
-
-class _BrokenCommand(Exception):
-    """A subcommand whose module failed to import (a bug, not bad input: exit 1)."""
-
-
-def _register_broken(sub: argparse._SubParsersAction, name: str, err: Exception) -> None:
-    msg = f"{type(err).__name__}: {err}"
-    try:
-        p = sub.add_parser(name.replace("_", "-"), help=f"(unavailable: {msg[:60]})", add_help=False)
-    except Exception:  # noqa: BLE001 - e.g. the module registered half its parser before failing
-        return
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-
-    def run(args: argparse.Namespace) -> None:
-        raise _BrokenCommand(f"command {name!r} is unavailable: its module failed to import ({msg})")
-
-    p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``normfield`` command."""
     from normfield.cli._common import emit
 
+    from normfield.runner.executors import default_executor, open_executors, shutdown_executors
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    opened_before = open_executors()
     try:
-        payload, render = args.func(args)
+        with default_executor("auto"):  # sweeps use the usable CPUs unless told otherwise
+            payload, render = args.func(args)
     except NormfieldError as e:
         print(f"normfield: error: {e}", file=sys.stderr)
         return 2
-    except _BrokenCommand as e:
-        print(f"normfield: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("normfield: interrupted (finished cells are cached; re-run to resume)", file=sys.stderr)
         return 130
+    finally:
+        shutdown_executors(keep=opened_before)  # the pools and clusters this command opened
     try:
         emit(args, payload, render)
         sys.stdout.flush()

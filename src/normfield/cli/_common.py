@@ -1,4 +1,4 @@
-"""Shared CLI helpers: common flags, JSON/table output, argument parsing."""
+"""Shared CLI pieces: common flags, JSON/table output, argument parsing."""
 
 from __future__ import annotations
 

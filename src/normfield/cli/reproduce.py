@@ -71,16 +71,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("claims", nargs="*", metavar="CLAIM_ID", help="claim ids (default: all)")
-    p.add_argument("--scale", default="quick", choices=["quick", "paper"],
-                   help="quick (every claim in minutes on 2 CPU cores, default) or paper (the papers' sizes)")
+    p.add_argument("--scale", default="quick", choices=["quick", "paper", "smoke"],
+                   help="quick (every claim in minutes on 2 CPU cores, default), paper (the papers' sizes) or "
+                   "smoke (tiny sizes that exercise the code in seconds; its verdicts mean nothing)")
     p.add_argument("--out", default="normfield-report", help="output directory (default ./normfield-report)")
     p.add_argument("--list", action="store_true", help="list the claim ids and exit")
     p.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="base seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g = p.add_argument_group("execution (default: in this process)")
+    g = p.add_argument_group("execution (default: a local process pool sized to the usable CPUs, used when a "
+                             "sweep's work repays its start-up)")
     g.add_argument("--workers", type=_positive_int("--workers"), default=None,
-                   help="run sweep cells in a local pool of N processes")
+                   help="run sweep cells in a local pool of N processes (1: every cell in this process)")
     g.add_argument("--dask-local", type=_positive_int("--dask-local"), default=None, metavar="N",
                    help="start a Dask LocalCluster of N worker processes")
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
@@ -143,9 +145,27 @@ def _check_conflicts(args: argparse.Namespace) -> None:
             raise NormfieldError(f"{fa} and {fb} conflict: give one of them", argument=f"{fa}/{fb}")
 
 
+def _render_list(p: dict) -> str:
+    text = format_table(p["claims"], ["id", "paper", "reference", "title"])
+    if p["aliases"]:
+        rows = [{"alias": a, "runs": " + ".join(v)} for a, v in p["aliases"].items()]
+        text += "\n\naliases (an alias id runs the claims it names):\n" + format_table(rows, ["alias", "runs"])
+    return text
+
+
+def _workers(executor: str, args: argparse.Namespace) -> int | None:
+    """The number of worker processes the run may use (None: in this process or a remote scheduler)."""
+    if executor == "process":
+        return args.workers
+    if executor == "auto":
+        from normfield.runner.cpus import available_cpus
+
+        return available_cpus()
+    return args.dask_local
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    from normfield.claims.registry import (ClaimContext, ClaimResult, aliases, all_claims, expand_ids, get_claim,
-                                           import_errors)
+    from normfield.claims.registry import ClaimContext, ClaimResult, aliases, all_claims, expand_ids, get_claim
     from normfield.runner.sweep import open_executors, prepare_executor, shutdown_executors
 
     if args.list:
@@ -153,7 +173,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         payload = {"claims": [{"id": s.id, "title": s.title, "paper": s.paper, "reference": s.reference}
                               for s in specs],
                    "aliases": {a: list(v) for a, v in sorted(aliases().items())}}
-        return payload, lambda p: format_table(p["claims"], ["id", "paper", "reference", "title"])
+        return payload, _render_list
     ids = expand_ids(args.claims)
     for i in ids:  # validate all ids before any work
         get_claim(i)
@@ -192,6 +212,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
                        progress=not args.no_progress, sweep_options=sweep_options)
     from normfield.claims.registry import run_claims
     from normfield.report import write_report
+    from normfield.report.writer import failure_kind, summary_line
 
     n_claims = len(ids) if ids else len(all_claims())
     done: list[ClaimResult] = []
@@ -204,7 +225,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             "device": args.device,
             "claims": ids or "all",
             "executor": executor,
-            "workers": args.workers if executor == "process" else (args.dask_local if args.dask_local else None),
+            "workers": _workers(executor, args),
             "scheduler": args.scheduler,
             "threads": args.threads,
             "cache_dir": str(cache_dir) if cache_dir is not None else None,
@@ -226,20 +247,17 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         results = run_claims(ids or None, ctx, on_result=on_result)
     finally:
         shutdown_executors(keep=opened_before)  # close the pools/clusters this command opened
-    if not ids:
-        for mod, tb in import_errors().items():
-            results.append(ClaimResult(verdict="FAIL", measured={}, expected="the claim module imports",
-                                       notes=tb, id=f"import:{mod}", title=f"claims module {mod} failed to import"))
     meta = make_meta(partial=False)
     paths = write_report(results, out, meta=meta, compare=compare)
     payload = {
         "claims": [
-            {"id": r.id, "title": r.title, "verdict": r.verdict, "measured": r.measured,
+            {"id": r.id, "title": r.title, "verdict": r.verdict, "failure": failure_kind(r), "measured": r.measured,
              "expected": r.expected, "wall_time_s": r.wall_time_s,
              "cells": sum(s.get("cells", 0) for s in r.sweeps),
              "cached": sum(s.get("cached", 0) for s in r.sweeps)}
             for r in results
         ],
+        "summary": summary_line(results),
         "scale": args.scale,
         "out": str(out),
         "report": str(paths["html"]),
@@ -247,11 +265,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     }
 
     def render(p: dict) -> str:
-        rows = [{"id": c["id"], "verdict": c["verdict"], "s": round(c["wall_time_s"], 1),
-                 "cells": f"{c['cells']} ({c['cached']} cached)", "title": c["title"]}
+        rows = [{"id": c["id"], "verdict": c["verdict"] + (f" ({c['failure']})" if c["failure"] else ""),
+                 "s": round(c["wall_time_s"], 1), "cells": f"{c['cells']} ({c['cached']} cached)",
+                 "title": c["title"]}
                 for c in p["claims"]]
-        n = sum(c["verdict"] == "PASS" for c in p["claims"])
-        return (format_table(rows) + f"\n\n{n}/{len(rows)} PASS at scale {p['scale']} in "
+        return (format_table(rows) + f"\n\n{p['summary']} at scale {p['scale']} in "
                 f"{p['wall_time_s']:.1f} s; report written to {p['report']}")
 
     return payload, render

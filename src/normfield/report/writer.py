@@ -201,6 +201,37 @@ def load_comparison(path: str | Path) -> dict[str, Any]:
             "measured": {str(c["id"]): c.get("measured", {}) for c in claims}}
 
 
+def failure_kind(r: Any) -> str:
+    """A result's failure kind: ``""`` for a PASS, else ``"not-reproduced"`` or ``"unexplained"`` (default)."""
+    if r.verdict == "PASS":
+        return ""
+    return getattr(r, "failure", "") or "unexplained"
+
+
+def verdict_words(r: Any) -> str:
+    """``PASS``, ``FAIL (paper statement not reproduced)`` or ``FAIL (unexplained)``."""
+    kind = failure_kind(r)
+    if not kind:
+        return r.verdict
+    return "FAIL (paper statement not reproduced)" if kind == "not-reproduced" else "FAIL (unexplained)"
+
+
+def summary_line(results: Sequence[Any]) -> str:
+    """``17 PASS, 4 FAIL: 3 paper statements not reproduced (cause measured), 1 unexplained``."""
+    kinds = [failure_kind(r) for r in results]
+    n_pass, n_fail = kinds.count(""), len(kinds) - kinds.count("")
+    line = f"{n_pass} PASS, {n_fail} FAIL"
+    if n_fail:
+        nr, un = kinds.count("not-reproduced"), kinds.count("unexplained")
+        parts = []
+        if nr:
+            parts.append(f"{nr} paper statement{'s' if nr != 1 else ''} not reproduced (cause measured)")
+        if un:
+            parts.append(f"{un} unexplained")
+        line += ": " + ", ".join(parts)
+    return line
+
+
 def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
                  compare: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, results.json and data/*.parquet|csv.
@@ -283,6 +314,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
                     "reference": r.reference,
                     "statement": r.statement,
                     "verdict": r.verdict,
+                    "failure": failure_kind(r),
                     "measured": r.measured,
                     "expected": r.expected,
                     "settings": r.settings,
@@ -302,7 +334,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
         runner_line = (f"{cells} sweep cells ({cached} from cache), seeds {_fmt(seeds)}" if sweeps
                        else f"seeds {_fmt(seeds)}")
         # -- markdown -----------------------------------------------------------
-        md = [f"## {r.id}: {r.title} — **{r.verdict}**\n", f"*{r.paper}, {r.reference}.* {r.statement}\n",
+        md = [f"## {r.id}: {r.title} — **{verdict_words(r)}**\n", f"*{r.paper}, {r.reference}.* {r.statement}\n",
               f"- settings: {_fmt(r.settings)}", f"- measured: {_fmt(r.measured)}",
               f"- expected: {_fmt(r.expected)}", f"- wall time: {r.wall_time_s:.1f} s; {runner_line}"]
         if cmp_line:
@@ -323,12 +355,13 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
         imgs += [f"<p class='FAIL'>figure {html.escape(m)} is missing</p>" for m in missing]
         html_sections.append(
             f'<section id="{html.escape(r.id)}"><h2>{html.escape(r.id)}: {html.escape(r.title)} — '
-            f'<span class="{r.verdict}">{r.verdict}</span></h2>'
+            f'<span class="{r.verdict}">{html.escape(verdict_words(r))}</span></h2>'
             f"<p><b>{html.escape(r.paper)}, {html.escape(r.reference)}.</b> {html.escape(r.statement)}</p>"
             f"<h3>Settings</h3>{_html_kv(r.settings)}"
             f"<h3>Measured</h3>{_html_kv(r.measured)}"
             f"<h3>Expected</h3>{_html_kv(r.expected)}"
-            f"<p>Verdict: <span class='{r.verdict}'>{r.verdict}</span>; wall time {r.wall_time_s:.1f} s; "
+            f"<p>Verdict: <span class='{r.verdict}'>{html.escape(verdict_words(r))}</span>; "
+            f"wall time {r.wall_time_s:.1f} s; "
             f"{html.escape(runner_line)}</p>"
             + (f"<p class='{'banner' if 'DIFFERS' in cmp_line else 'cmp'}'>{html.escape(cmp_line)}</p>"
                if cmp_line else "")
@@ -362,7 +395,10 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
     results_json = {
         "environment": env,
         "run": jsonable(meta),
-        "summary": {"claims": len(results), "pass": n_pass, "fail": len(results) - n_pass, "scale": scale,
+        "summary": {"claims": len(results), "pass": n_pass, "fail": len(results) - n_pass,
+                    "not_reproduced": sum(failure_kind(r) == "not-reproduced" for r in results),
+                    "unexplained": sum(failure_kind(r) == "unexplained" for r in results),
+                    "line": summary_line(results), "scale": scale,
                     **({"compared_with": compare["path"], "compared_scale": compare["scale"],
                         "verdicts_differ": differ} if compare is not None else {})},
         "claims": claims_json,
@@ -375,7 +411,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
         "# normfield reproduction report\n",
         f"Scale: **{scale}** · seed {meta.get('seed')} · normfield {env['normfield']} · torch {env['torch']} · "
         f"numpy {env['numpy']} · device {env['device']} · executor {meta.get('executor', 'local')}\n",
-        f"{n_pass}/{len(results)} claims PASS.\n",
+        f"{summary_line(results)}.\n",
     ]
     if partial_note:
         head.append(f"> **{partial_note}**\n")
@@ -384,12 +420,12 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
                                                 scale_note)) + "\n")
     if compare is None:
         head.append("| claim | paper | reference | verdict | wall time (s) |\n|---|---|---|---|---|")
-        head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | {r.wall_time_s:.1f} |"
+        head += [f"| {r.id} | {r.paper} | {r.reference} | {verdict_words(r)} | {r.wall_time_s:.1f} |"
                  for r in results]
     else:
         head.append(f"| claim | paper | reference | verdict | verdict at {compare['scale']} | wall time (s) |"
                     "\n|---|---|---|---|---|---|")
-        head += [f"| {r.id} | {r.paper} | {r.reference} | {r.verdict} | "
+        head += [f"| {r.id} | {r.paper} | {r.reference} | {verdict_words(r)} | "
                  f"{compare['verdicts'].get(r.id, '—')}{' (differs)' if r.id in differ else ''} | "
                  f"{r.wall_time_s:.1f} |" for r in results]
     atomic_write(paths["md"], "\n".join(head) + "\n\n" + "\n".join(md_sections))
@@ -404,7 +440,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
 
     rows = "".join(
         f"<tr><td><a href='#{html.escape(r.id)}'>{html.escape(r.id)}</a></td><td>{html.escape(r.paper)}</td>"
-        f"<td>{html.escape(r.reference)}</td><td class='{r.verdict}'>{r.verdict}</td>{cmp_cell(r)}"
+        f"<td>{html.escape(r.reference)}</td><td class='{r.verdict}'>{html.escape(verdict_words(r))}</td>{cmp_cell(r)}"
         f"<td>{r.wall_time_s:.1f}</td></tr>"
         for r in results
     )
@@ -414,7 +450,7 @@ def write_report(results: Sequence[Any], out_dir: Path, *, meta: dict[str, Any],
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>normfield report</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>normfield reproduction report</h1><p>Scale <b>{html.escape(scale)}</b>: "
-        f"{n_pass}/{len(results)} claims PASS.</p>"
+        f"{html.escape(summary_line(results))}.</p>"
         + (f"<p class='banner'>{html.escape(partial_note)}</p>" if partial_note else "")
         + (f"<p class='banner'>{scale_note}</p>" if scale_note else "")
         + "<table><tr><th>claim</th><th>paper</th><th>reference</th><th>verdict</th>" + cmp_head

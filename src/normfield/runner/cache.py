@@ -34,7 +34,7 @@ put ``--cache-dir`` on a local disk, not NFS.
 Keys: ``sha256`` of the canonical JSON of ``(fn's module + qualname, sha256 of
 fn's source, the cell's settings incl. seed and device, normfield version)``.
 The source hash means editing a cell function invalidates its cached cells;
-helpers it calls are not hashed, so pass ``fresh=True`` (``--fresh``) after
+functions it calls are not hashed, so pass ``fresh=True`` (``--fresh``) after
 editing them.
 """
 

@@ -32,7 +32,8 @@ from normfield.claims.registry import ClaimSpec
 from normfield.cli import main
 from normfield.errors import NormfieldError
 from normfield.runner import run_sweep
-from normfield.runner.examples import demo_claim, mc_kernel_cell
+from normfield.claims._examples import demo_claim
+from normfield.runner.examples import mc_kernel_cell
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -5,49 +5,70 @@ Karakida, Akaho & Amari (NeurIPS 2019) for any activation, finite-width
 simulations that test them, the papers' experiments as registered claims,
 and the same diagnostics for any PyTorch model.
 
-The public API is re-exported here, grouped by topic; each subpackage
-declares its own ``__all__``.
+The names below are the public API, grouped by topic. Everything else stays
+importable from its module (``normfield.gram.spectra``, ``normfield.fisher.dual``,
+``normfield.experiments.train``, ...); each module declares its own ``__all__``.
 """
 
 from normfield._version import __version__
 from normfield.errors import NormfieldError
 
-# -- core: activations, Gaussian integrals, linear algebra -------------------
-from normfield.core import *  # noqa: F401,F403
-from normfield.core import __all__ as _core_all
+# -- mean field: activations, Gaussian kernels, the BN fixed point G*, the Gram map, order parameters
+from normfield.core.activations import Activation, get_activation, list_activations
+from normfield.core.gaussian import gaussian_expectation
+from normfield.core.kernels import derivative_kernel, kernel, mean_activation
+from normfield.gram.fixed_point import FixedPoint, fixed_point
+from normfield.gram.meanfield import gram_map, mean_field_trajectory
+from normfield.fisher.order_params import OrderParameters, order_parameters
 
-# -- Joudaki et al.: fixed point, mean-field Gram map, chains, spectra --------
-from normfield.gram import *  # noqa: F401,F403
-from normfield.gram import __all__ as _gram_all
+# -- finite-width simulation: Gram chains of BN-MLPs and their fits (Joudaki et al.)
+from normfield.gram.chain import ChainResult, gram_chain, simulate_chain
+from normfield.gram.fit import fit_theorem1, loglog_slope
+from normfield.gram.spectra import mp_pdf, spectral_distance
 
-# -- Karakida et al.: order parameters, Fisher theory and engines ------------
-from normfield.fisher import *  # noqa: F401,F403
-from normfield.fisher import __all__ as _fisher_all
+# -- Fisher information of wide random nets, every normalization placement (Karakida et al.)
+from normfield.fisher.networks import MLPConfig, init_mlp, mlp_forward, sample_inputs
+from normfield.fisher.placements import PLACEMENTS
+from normfield.fisher.theory import Prediction, fisher_theory
+from normfield.fisher.result import FisherResult
+from normfield.fisher.dual import fisher_dual
+from normfield.experiments.fisher import fisher_spectrum
 
-# -- training experiments -----------------------------------------------------
-from normfield.train import *  # noqa: F401,F403
-from normfield.train import __all__ as _train_all
+# -- training: learning-rate grids against 2/λ_max, BN-MLPs on real data
+from normfield.train.lr_grid import LRGridSettings, summarize_lr_grid
+from normfield.train.students import train_students
+from normfield.experiments.train import lr_grid
+from normfield.train.bn_mlp import BNMLPConfig, train_bn_mlp
+from normfield.train.data import load_dataset
 
-# -- diagnostics for any nn.Module -------------------------------------------
-from normfield.analyze import *  # noqa: F401,F403
-from normfield.analyze import __all__ as _analyze_all
+# -- your model: the Fisher/NTK dual and layer Grams of any nn.Module, train-mode BN exact
+from normfield.analyze.api import analyze
+from normfield.analyze.result import AnalysisResult
+from normfield.analyze.plots import plot_spectrum
+from normfield.analyze.hooks import gram_diagnostics
 
-# -- sweeps, claims, report ----------------------------------------------------
-from normfield.runner import *  # noqa: F401,F403
-from normfield.runner import __all__ as _runner_all
-from normfield.claims import ClaimContext, ClaimResult, all_claims, run_claims
+# -- sweeps, claims and reports
+from normfield.runner.sweep import run_sweep
+from normfield.runner.cache import ResultCache
+from normfield.claims.registry import ClaimContext, ClaimResult, all_claims, run_claims
+from normfield.report.writer import write_report
 
 __all__ = [
-    "__version__",
-    "NormfieldError",
-    *_core_all,
-    *_gram_all,
-    *_fisher_all,
-    *_train_all,
-    *_analyze_all,
-    *_runner_all,
-    "ClaimContext",
-    "ClaimResult",
-    "all_claims",
-    "run_claims",
+    "__version__", "NormfieldError",
+    # mean field
+    "Activation", "get_activation", "list_activations", "gaussian_expectation", "kernel", "derivative_kernel",
+    "mean_activation", "FixedPoint", "fixed_point", "gram_map", "mean_field_trajectory", "OrderParameters",
+    "order_parameters",
+    # finite-width simulation
+    "ChainResult", "simulate_chain", "gram_chain", "fit_theorem1", "loglog_slope", "mp_pdf", "spectral_distance",
+    # Fisher information
+    "MLPConfig", "init_mlp", "mlp_forward", "sample_inputs", "PLACEMENTS", "Prediction", "fisher_theory",
+    "FisherResult", "fisher_dual", "fisher_spectrum",
+    # training
+    "LRGridSettings", "lr_grid", "summarize_lr_grid", "train_students", "BNMLPConfig", "train_bn_mlp",
+    "load_dataset",
+    # your model
+    "analyze", "AnalysisResult", "plot_spectrum", "gram_diagnostics",
+    # sweeps, claims, reports
+    "run_sweep", "ResultCache", "ClaimContext", "ClaimResult", "all_claims", "run_claims", "write_report",
 ]

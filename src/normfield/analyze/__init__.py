@@ -1,4 +1,4 @@
-"""Normalization diagnostics for any PyTorch ``nn.Module`` (engineer A).
+"""Normalization diagnostics for any PyTorch ``nn.Module``.
 
 ``nf.analyze(model, inputs)`` returns the per-layer batch Gram diagnostics of
 Joudaki et al. (2023) and the Fisher/NTK eigenvalue statistics of Karakida et

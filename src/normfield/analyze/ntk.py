@@ -285,7 +285,7 @@ def fisher_spectra(
                 tr, se, how = _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter,
                                                 main_trace, mean_part)
                 if not cen:
-                    main_trace = (tr, se, False)
+                    main_trace = (tr, se, se == 0.0)
             dn = dw = None
             if density:
                 dn, dw, _ = krylov.slq(mv, n, probes=check_int("density_probes", density_probes, minimum=1),
@@ -317,8 +317,14 @@ def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, mai
 
     fixed = probes is not None
     est = krylov.deflated_trace(quad, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
-                                min_probes=probes if fixed else 8, max_probes=probes if fixed else 256,
-                                seed=seed + 1, stop=meter.stop)
+                                min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
+                                seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n)
+    if est.method.endswith("(capped)") and not meter.stop():
+        # the estimator would need more probes than T·C: the exact trace is cheaper
+        tr = (main_trace[0] if main_trace is not None and main_trace[2] else _exact_trace(op, None))
+        if cen:
+            tr -= _mean_part(op, T, C) if mean_part is None else mean_part
+        return tr, 0.0, "exact trace"
     return est.value, est.stderr, f"hutchinson trace ({est.probes} probes deflated by the Lanczos basis)"
 
 

@@ -259,6 +259,7 @@ def deflated_trace(
     max_probes: int = 256,
     seed: int = 0,
     stop: Stop = None,
+    cost_cap: int | None = None,
 ) -> TraceEstimate:
     """tr(A) = tr(QᵀAQ) + E[zᵀ Π A Π z], Π = I − QQᵀ, z Rademacher (Hutchinson 1990).
 
@@ -274,6 +275,8 @@ def deflated_trace(
         basis: Q with orthonormal rows, shape (m, n), or None.
         trace_in_basis: tr(QᵀAQ) (for the Lanczos basis: Σ α_i).
         rtol: target standard error relative to the trace.
+        cost_cap: give up (``method`` ends in ``"(capped)"``) once ``min_probes`` probes predict that
+            reaching ``rtol`` needs more than this many probes, e.g. when an exact trace costs fewer.
 
     Returns:
         :class:`TraceEstimate` (``products`` counts calls of ``quad``).
@@ -295,6 +298,11 @@ def deflated_trace(
             est = trace_in_basis + float(np.mean(vals))
             if len(vals) >= min_probes and se <= rtol * abs(est):
                 break
+            if cost_cap is not None and len(vals) == min_probes and est != 0:
+                need = (float(np.std(vals, ddof=1)) / (rtol * abs(est))) ** 2
+                if need > cost_cap:
+                    est_all = trace_in_basis + float(np.mean(vals))
+                    return TraceEstimate(est_all, se, len(vals), len(vals), "deflated hutchinson (capped)")
     est = trace_in_basis + (float(np.mean(vals)) if vals else 0.0)
     return TraceEstimate(est, se if len(vals) >= 2 else math.inf, len(vals), len(vals), "deflated hutchinson")
 

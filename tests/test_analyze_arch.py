@@ -296,3 +296,24 @@ def test_unsupported_layer_names_the_module():
         nf.analyze(model, torch.randn(4, 3, dtype=DT), layers="none", jvp="forward")
     # excluding the parameters upstream of the opaque layer is the documented way out
     assert nf.analyze(model, torch.randn(4, 3, dtype=DT), layers="none", parameters="2.*").lambda_max > 0
+
+
+def test_generic_gram_matvec_on_a_plain_function():
+    """gram_matvec works on any θ-dict function (no nn.Module), with the double-VJP route too."""
+    from normfield.analyze.operator import gram_matvec
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(5, 3, generator=g, dtype=DT)
+    theta = {"W": torch.randn(4, 3, generator=g, dtype=DT), "v": torch.randn(2, 4, generator=g, dtype=DT)}
+
+    def f(p):
+        return (torch.tanh(X @ p["W"].T) @ p["v"].T).reshape(-1)
+
+    J = torch.autograd.functional.jacobian(lambda W, v: f({"W": W, "v": v}), (theta["W"], theta["v"]))
+    J = torch.cat([j.reshape(10, -1) for j in J], 1)
+    ref = J @ J.T / 5
+    for route in ("auto", "double-vjp"):
+        n, mv, op = gram_matvec(f, theta, scale=1 / 5, route=route)
+        F = torch.stack([mv(e) for e in torch.eye(n, dtype=DT)], 1)
+        assert n == 10 and torch.allclose(F, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+        assert op.route == ("forward" if route == "auto" else route) and op.products >= 2 * n

@@ -39,7 +39,7 @@ from torch import nn
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ROUTES", "JacobianOperator", "math_kernels"]
+__all__ = ["ROUTES", "JacobianOperator", "gram_matvec", "math_kernels"]
 
 #: Product routes, in the order the automatic choice tries them.
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math")
@@ -285,3 +285,22 @@ class JacobianOperator:
             self._graph = None
             for h in handles:
                 h.remove()
+
+
+def gram_matvec(f: Callable[[Params], torch.Tensor], params: Params, *, scale: float = 1.0, route: str = "auto",
+                module: nn.Module | None = None) -> tuple[int, Callable[[torch.Tensor], torch.Tensor], JacobianOperator]:
+    """The whole-batch J·Jᵀ product of any function of a parameter dict.
+
+    Args:
+        f: θ -> flat output tensor (n,) (e.g. all T·C outputs of a network on its whole batch).
+        params: θ, name -> tensor (not modified).
+        scale: s in v -> s·J Jᵀ v (1/T for the Fisher dual F* of Karakida et al. 2019, eq. (8)).
+        route: ``"auto"`` or one of :data:`ROUTES` (forward mode, math kernels, double VJP).
+        module: the module ``f`` runs, to name a failing sub-module in errors.
+
+    Returns:
+        (n, matvec: v (n,) -> s·J Jᵀ v (n,) in f's dtype/device, the operator: its ``products``
+        counts the Jacobian products, ``route`` says how they are formed).
+    """
+    op = JacobianOperator(f, params, scale=scale, route=route, module=module)
+    return op.n, op.gram, op

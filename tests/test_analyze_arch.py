@@ -317,3 +317,16 @@ def test_generic_gram_matvec_on_a_plain_function():
         F = torch.stack([mv(e) for e in torch.eye(n, dtype=DT)], 1)
         assert n == 10 and torch.allclose(F, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
         assert op.route == ("forward" if route == "auto" else route) and op.products >= 2 * n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["vit", "lstm", "gru", "transformer-post-norm", "bn3d", "tied-weights"])
+def test_cuda_matches_cpu_in_float32(name):
+    """The same products on the GPU (cuDNN RNNs and fused attention fall back as on the CPU)."""
+    model, x = _make(name)
+    cpu = nf.analyze(model, x, method="dense", layers="none", dtype="float32")
+    gpu = nf.analyze(model, x, method="dense", layers="none", dtype="float32", device="cuda")
+    # float32 round-off (eps 6e-8) over sums of O(100) terms; TF32 is off during the analysis
+    assert gpu.lambda_max == pytest.approx(cpu.lambda_max, rel=2e-6)
+    assert np.allclose(gpu.fisher.spectrum, cpu.fisher.spectrum, rtol=0, atol=1e-5 * cpu.lambda_max)
+    assert next(model.parameters()).device.type == "cpu"

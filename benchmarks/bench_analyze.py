@@ -1,189 +1,224 @@
-"""Benchmark: λ_max of the Fisher/NTK dual of a ~10^6-parameter model with T·C = 10^4 outputs.
+"""Benchmark: ``nf.analyze`` on a CIFAR ResNet-18 and a small ViT, as a multiple of one forward+backward.
 
-Target (issue 6, §4): ``nf.analyze``'s matrix-free Lanczos gives λ_max for a
-model with ~10^6 parameters and T·C = 10^4 outputs in under 2 minutes on 2 CPU
-cores, within 5% of the dense answer where dense fits; compared in the same run
-against power iteration as PyHessian does it (v ← F v/‖F v‖, Rayleigh quotient,
-no restarts), counting Jacobian products (one VJP or one JVP each) to reach a
-relative accuracy of 1e-6.
+Targets (all ratios measured in this one run, on the machine it runs on):
 
-Parts, all in one run:
-  A. dense fits (T·C = ``--dense-samples``·C): dense F* (vmapped VJP/JVP) vs Lanczos;
-  B. convergence in Jacobian products to 1e-6 relative accuracy, same operator,
-     same start vector: plain Lanczos (full reorthogonalisation; Ritz value per
-     step) vs PyHessian power iteration, reference = the dense λ_max;
-  C. the target size: ``nf.analyze(method="lanczos")`` on T·C = 10^4, wall time,
-     products; then power iteration on the same operator with the same budget of
-     products, reporting its relative error against Lanczos' λ_max.
+* ResNet-18 (CIFAR-style, 11.2M parameters at width 64), batch 128 of 3×32×32,
+  float32, every default (Lanczos to 1e-4, trace to ±1 %, top-5, the layer
+  Grams): at most 60× one forward+backward of the batch; with
+  ``what_if="last-mean"`` at most 100×; λ_max within 1e-3 and tr F* within 3 %
+  of a tightly converged reference (Lanczos to 1e-6; trace to a 0.1 % standard
+  error, or exact where that is cheap);
+* PyHessian-style power iteration (v ← F*v/‖F*v‖, Rayleigh quotient) on the
+  same F* operator and start vector: at least 3× more Jacobian products than
+  ``nf.analyze``'s Lanczos to reach the same λ_max accuracy;
+* a ViT-style transformer (≈ 1M parameters, batch 64 of 3×32×32), float32,
+  every default: at most 80× one forward+backward.
 
-Usage:  python benchmarks/bench_analyze.py [--quick] [--dtype float64]
-Prints a table and one JSON line (``--json`` for only the JSON).
+``--quick`` runs the same parts at width 16, batch 32, 16×16 images (the ViT at
+dim 64, depth 4, batch 32) for development; its ratios are labelled quick. The
+optional ``--curvlinops`` part times curvlinops' GGN operator with
+``scipy.sparse.linalg.eigsh`` for λ_max on the ResNet (with
+``track_running_stats=False``, which that operator needs for train-mode BN).
+
+Usage:  python benchmarks/bench_analyze.py [--quick] [--skip-vit] [--curvlinops] [--json]
+Prints a table and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
-import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 import normfield as nf
 from normfield.analyze._functional import ModelFunction, model_state_guard, select_parameters
-from normfield.analyze.ntk import dual_matvec
+from normfield.analyze.ntk import _operator
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def make_model(d_in: int, width: int, classes: int, dtype: torch.dtype, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(d_in, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width),
-                         nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, classes)).to(dtype)
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def operator(model: nn.Module, x: torch.Tensor):
-    fn = ModelFunction.build(model, x, select_parameters(model, None), dtype=x.dtype, device=x.device)
-    n, T, _, mv = dual_matvec(fn)
-    count = [0]
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        count[0] += 2  # one VJP + one JVP
-        with torch.no_grad():
-            return mv(torch.as_tensor(v, dtype=x.dtype)).double().numpy()
-
-    return n, matvec, count, fn.num_parameters
-
-
-def lanczos_history(matvec, n: int, steps: int, v0: np.ndarray, ref: float | None = None, rtol: float = 1e-6):
-    """Plain Lanczos with full reorthogonalisation; top Ritz value after each step.
-
-    Stops early once the top Ritz value is within ``rtol`` of ``ref`` (if given),
-    or its residual bound |β_k s_k| <= 1e-12 θ.
-    """
-    Q = np.zeros((steps + 1, n))
-    q = v0 / np.linalg.norm(v0)
-    Q[0] = q
-    alpha, beta, hist = [], [], []
-    for k in range(steps):
-        w = matvec(Q[k])
-        a = float(Q[k] @ w)
-        w = w - a * Q[k] - (beta[-1] * Q[k - 1] if k > 0 else 0)
-        w -= Q[: k + 1].T @ (Q[: k + 1] @ w)  # full reorthogonalisation (twice is enough)
-        w -= Q[: k + 1].T @ (Q[: k + 1] @ w)
-        b = float(np.linalg.norm(w))
-        alpha.append(a)
-        Tm = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
-        th, S = np.linalg.eigh(Tm)
-        hist.append(float(th[-1]))
-        if ref is not None and abs(hist[-1] - ref) <= rtol * abs(ref):
-            break
-        if b * abs(S[-1, -1]) <= 1e-12 * abs(th[-1]) or b == 0:
-            break
-        beta.append(b)
-        Q[k + 1] = w / b
-    return hist
+def forward_backward_seconds(model, x, repeats: int = 3) -> float:
+    """Median wall time of one forward+backward of the batch (train mode, sum of outputs as the loss)."""
+    times = []
+    with model_state_guard(model):
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            model(x).sum().backward()
+            times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times))
 
 
-def power_iteration(matvec, v0: np.ndarray, ref: float, rtol: float, max_products: int):
-    """PyHessian's power iteration (hessian_eigenthings / pyhessian.hessian.eigenvalues):
-    v ← F v / ‖F v‖, eigenvalue = vᵀ F v; stops at relative error ``rtol`` w.r.t. ``ref``."""
-    v = v0 / np.linalg.norm(v0)
-    products, lam = 0, 0.0
-    while products + 2 <= max_products:
-        w = matvec(v)
-        products += 2
-        lam = float(v @ w)
-        if abs(lam - ref) <= rtol * abs(ref):
-            return products, lam, True
-        v = w / np.linalg.norm(w)
-    return products, lam, False
+def timed(f):
+    t0 = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t0
+
+
+def power_iteration(model, x, ref: float, target: float, *, max_iter: int, seed: int = 0) -> dict:
+    """PyHessian's power iteration on F*: products to reach |λ − ref| <= target·ref, and where
+    PyHessian's own stop rule (relative change < 1e-3) would have stopped."""
+    with model_state_guard(model):
+        fn = ModelFunction.build(model, x, select_parameters(model, None), dtype=x.dtype, device=x.device)
+        op, _, _ = _operator(fn)
+        v = torch.as_tensor(np.random.default_rng(seed).standard_normal(op.n), dtype=x.dtype)
+        v = v / v.norm()
+        lam_prev, hit, pyh = None, None, None
+        for it in range(1, max_iter + 1):
+            w = op.gram(v)
+            lam = float(v.double() @ w.double())
+            if hit is None and abs(lam - ref) <= target * ref:
+                hit = {"products": 2 * it, "lambda_max": lam}
+            if pyh is None and lam_prev is not None and abs(lam - lam_prev) / abs(lam_prev) < 1e-3:
+                pyh = {"products": 2 * it, "rel_error": abs(lam - ref) / ref}
+            if hit is not None and pyh is not None:
+                break
+            lam_prev, v = lam, w / w.norm()
+    return {"to_target": hit, "pyhessian_stop": pyh, "max_products": 2 * max_iter}
+
+
+def bench_resnet(a) -> dict:
+    rn = _example("resnet18")
+    torch.manual_seed(0)
+    model = rn.make_model(a.width)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(a.batch, 3, a.image, a.image, generator=g)
+    P = sum(p.numel() for p in model.parameters())
+    t_fb = forward_backward_seconds(model, x)
+    res, t = timed(lambda: nf.analyze(model, x, dtype="float32"))
+    res_w, t_w = timed(lambda: nf.analyze(model, x, dtype="float32", what_if="last-mean"))
+    n = res.fisher.samples * res.fisher.outputs
+    ref_trace = "exact" if n <= 400 else "hutchinson"
+    ref, t_ref = timed(lambda: nf.analyze(model, x, dtype="float32", layers="none", tol=1e-6, k=1,
+                                          trace=ref_trace, trace_rtol=1e-3, seed=7))
+    lam_err = abs(res.lambda_max - ref.lambda_max) / ref.lambda_max
+    tr_err = abs(res.fisher.trace - ref.fisher.trace) / ref.fisher.trace
+    lanczos_products = int(2 * res.fisher.eigenvalue_errors.size and 0) or None
+    target = max(lam_err, 1e-4)
+    pw = power_iteration(model, x, ref.lambda_max, target, max_iter=a.power_iter)
+    # nf.analyze's Lanczos products for λ_max alone to the same accuracy (k=1, same tolerance)
+    lz1 = nf.analyze(model, x, dtype="float32", layers="none", k=1, trace="exact" if n <= 64 else "hutchinson",
+                     probes=2)
+    lanczos_products = lz1.fisher.products - 2
+    out = {
+        "model": f"ResNet-18 width {a.width}", "P": P, "batch": a.batch, "image": a.image, "C": 10,
+        "forward_backward_s": t_fb, "analyze_s": t, "ratio": t / t_fb, "products": res.settings["products"],
+        "analyze_what_if_s": t_w, "ratio_what_if": t_w / t_fb, "products_what_if": res_w.settings["products"],
+        "lambda_max": res.lambda_max, "lambda_max_ref": ref.lambda_max, "lambda_max_rel_err": lam_err,
+        "lambda_max_rel_error_estimate": res.fisher.lambda_max_rel_error,
+        "trace": res.fisher.trace, "trace_stderr": res.fisher.trace_stderr, "trace_ref": ref.fisher.trace,
+        "trace_ref_stderr": ref.fisher.trace_stderr, "trace_rel_err": tr_err, "trace_method": res.fisher.method,
+        "route": res.fisher.route, "reference_s": t_ref,
+        "lambda_max_last_mean": res_w.what_if["last-mean"].lambda_max,
+        "lanczos_products_lambda_max": lanczos_products, "power": pw,
+    }
+    hit = pw["to_target"]
+    out["power_over_lanczos"] = (hit["products"] / lanczos_products) if hit else None
+    if a.curvlinops:
+        out["curvlinops"] = bench_curvlinops(model, x, ref.lambda_max)
+    return out
+
+
+def bench_curvlinops(model, x, ref: float) -> dict:
+    """curvlinops' GGN (MSE, sum) = 2 Jᵀ J, eigsh for λ_max; F* λ_max = GGN λ_max / (2T)."""
+    import copy
+
+    from curvlinops import GGNLinearOperator
+    from scipy.sparse.linalg import eigsh
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.track_running_stats = False
+            mod.running_mean = mod.running_var = mod.num_batches_tracked = None
+    params = [p for p in m.parameters() if p.requires_grad]
+    y = torch.zeros(x.shape[0], 10)
+    op = GGNLinearOperator(m, torch.nn.MSELoss(reduction="sum"), params, [(x, y)], check_deterministic=False)
+    sp = op.to_scipy() if hasattr(op, "to_scipy") else op
+    t0 = time.perf_counter()
+    w = eigsh(sp, k=1, which="LA", return_eigenvectors=False)
+    t = time.perf_counter() - t0
+    lam = float(w[0]) / (2 * x.shape[0])
+    return {"seconds": t, "lambda_max": lam, "rel_err": abs(lam - ref) / ref}
+
+
+def bench_vit(a) -> dict:
+    vit = _example("vit")
+    torch.manual_seed(0)
+    model = vit.make_model(a.vit_dim, a.vit_depth, image=a.vit_image)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(a.vit_batch, 3, a.vit_image, a.vit_image, generator=g)
+    t_fb = forward_backward_seconds(model, x)
+    res, t = timed(lambda: nf.analyze(model, x, dtype="float32"))
+    return {"model": f"ViT dim {a.vit_dim} depth {a.vit_depth}", "P": sum(p.numel() for p in model.parameters()),
+            "batch": a.vit_batch, "forward_backward_s": t_fb, "analyze_s": t, "ratio": t / t_fb,
+            "products": res.settings["products"], "lambda_max": res.lambda_max,
+            "lambda_max_rel_error_estimate": res.fisher.lambda_max_rel_error, "trace": res.fisher.trace,
+            "trace_stderr": res.fisher.trace_stderr, "route": res.fisher.route, "method": res.fisher.method}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--d-in", type=int, default=512)
-    ap.add_argument("--width", type=int, default=768)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--samples", type=int, default=1000, help="T of the target run (T·C = 10^4 by default)")
-    ap.add_argument("--dense-samples", type=int, default=30, help="T of the dense comparison")
-    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the target)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="width 16, batch 32, 16x16 images (development)")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--image", type=int, default=32)
+    ap.add_argument("--power-iter", type=int, default=150)
+    ap.add_argument("--skip-vit", action="store_true")
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--curvlinops", action="store_true")
+    ap.add_argument("--json", action="store_true", help="only the JSON line")
     a = ap.parse_args()
+    a.vit_dim, a.vit_depth, a.vit_batch, a.vit_image = 128, 8, 64, 32
     if a.quick:
-        a.d_in, a.width, a.samples, a.dense_samples = 64, 96, 100, 20
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dt = getattr(torch, a.dtype)
-    rtol = 1e-6
-    model = make_model(a.d_in, a.width, a.classes, dt, a.seed)
-    P = sum(p.numel() for p in model.parameters())
-    g = torch.Generator().manual_seed(a.seed + 1)
-    out: dict = {"parameters": P, "dtype": a.dtype, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                 "load_avg_1min": os.getloadavg()[0]}
-
-    # -- A + B: dense fits ----------------------------------------------------------------
-    xs = torch.randn(a.dense_samples, a.d_in, generator=g, dtype=dt)
-    t0 = time.perf_counter()
-    rd = nf.analyze(model, xs, method="dense", layers="none", k=1)
-    t_dense = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rl = nf.analyze(model, xs, method="lanczos", layers="none", k=1, tol=rtol, trace="hutchinson", probes=2)
-    t_lanc = time.perf_counter() - t0
-    lam_dense = rd.lambda_max
-    out["A"] = {"outputs": a.dense_samples * a.classes, "dense_lambda_max": lam_dense, "dense_s": t_dense,
-                "dense_products": rd.fisher.products, "lanczos_lambda_max": rl.lambda_max, "lanczos_s": t_lanc,
-                "lanczos_products": rl.fisher.products - 2 * 1,  # minus the Hutchinson VJPs
-                "rel_diff": abs(rl.lambda_max - lam_dense) / lam_dense}
-    with model_state_guard(model):
-        n, mv, cnt, _ = operator(model, xs)
-        v0 = np.random.default_rng(a.seed).standard_normal(n)
-        h = lanczos_history(mv, n, min(n, 300), v0, ref=lam_dense, rtol=rtol)
-        lanczos_products = 2 * len(h)
-        lanczos_ok = abs(h[-1] - lam_dense) <= rtol * lam_dense
-        pw_products, pw_lam, pw_ok = power_iteration(mv, v0, lam_dense, rtol, max_products=1000)
-    out["B"] = {"lanczos_products_to_1e-6": lanczos_products if lanczos_ok else None,
-                "power_products_to_1e-6": pw_products if pw_ok else None, "power_reached": pw_ok,
-                "power_rel_err_at_stop": abs(pw_lam - lam_dense) / lam_dense, "power_cap": 1000}
-
-    # -- C: the target size ---------------------------------------------------------------------
-    x = torch.randn(a.samples, a.d_in, generator=g, dtype=dt)
-    t0 = time.perf_counter()
-    rc = nf.analyze(model, x, method="lanczos", layers="none", k=1, tol=rtol, trace="hutchinson", probes=8)
-    t_target = time.perf_counter() - t0
-    lanc_prod = rc.fisher.products - 8
-    with model_state_guard(model):
-        n, mv, cnt, _ = operator(model, x)
-        v0 = np.random.default_rng(a.seed).standard_normal(n)
-        t0 = time.perf_counter()
-        pw_products_c, pw_lam_c, pw_ok_c = power_iteration(mv, v0, rc.lambda_max, rtol, max_products=lanc_prod)
-        t_pw = time.perf_counter() - t0
-    out["C"] = {"outputs": a.samples * a.classes, "lanczos_s": t_target, "lanczos_products": lanc_prod,
-                "lambda_max": rc.lambda_max, "m_lambda": rc.m_lambda, "target_s": 120.0,
-                "meets_target": t_target < 120.0,
-                "power_same_budget_products": pw_products_c, "power_same_budget_rel_err": abs(pw_lam_c - rc.lambda_max)
-                / rc.lambda_max, "power_same_budget_s": t_pw, "power_reached_1e-6": pw_ok_c}
-    if a.json:
-        print(json.dumps(out))
-        return
-    A, B, C = out["A"], out["B"], out["C"]
-    print(f"P = {P:,} parameters, {a.dtype}, {out['threads']} threads, load avg {out['load_avg_1min']:.1f}")
-    print(f"A  dense fits (T·C={A['outputs']}): dense {A['dense_s']:.1f}s ({A['dense_products']} products), "
-          f"Lanczos {A['lanczos_s']:.1f}s ({A['lanczos_products']} products); λ_max {A['lanczos_lambda_max']:.8g} vs "
-          f"dense {A['dense_lambda_max']:.8g}: rel diff {A['rel_diff']:.2e} (target < 5e-2); "
-          f"speed-up x{A['dense_s'] / A['lanczos_s']:.1f}")
-    print(f"B  products to 1e-6 relative accuracy: Lanczos {B['lanczos_products_to_1e-6']}, PyHessian power iteration "
-          f"{B['power_products_to_1e-6'] if B['power_reached'] else '>' + str(B['power_cap'])} "
-          f"(rel err at stop {B['power_rel_err_at_stop']:.1e})")
-    print(f"C  target (T·C={C['outputs']}): Lanczos {C['lanczos_s']:.1f}s, {C['lanczos_products']} products, "
-          f"λ_max {C['lambda_max']:.8g} -> {'MEETS' if C['meets_target'] else 'MISSES'} < 120 s; power iteration "
-          f"with the same {C['power_same_budget_products']} products: rel err {C['power_same_budget_rel_err']:.1e} "
-          f"({C['power_same_budget_s']:.1f}s)")
-    print(json.dumps(out))
+        a.width, a.batch, a.image = 16, 32, 16
+        a.vit_dim, a.vit_depth, a.vit_batch, a.vit_image = 64, 4, 32, 16
+    out = {"quick": a.quick, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if not a.skip_resnet:
+        out["resnet18"] = bench_resnet(a)
+    if not a.skip_vit:
+        out["vit"] = bench_vit(a)
+    if not a.json:
+        label = " (quick)" if a.quick else ""
+        if "resnet18" in out:
+            r = out["resnet18"]
+            print(f"{r['model']}{label}: P={r['P']}, batch {r['batch']}, {r['image']}x{r['image']}, "
+                  f"{out['threads']} threads; one forward+backward {r['forward_backward_s']:.3f} s")
+            print(f"  analyze (defaults, layer Grams): {r['analyze_s']:.1f} s = {r['ratio']:.1f}x  [target <= 60x], "
+                  f"{r['products']} products, route {r['route']}")
+            print(f"  + what_if='last-mean':           {r['analyze_what_if_s']:.1f} s = {r['ratio_what_if']:.1f}x  "
+                  f"[target <= 100x], {r['products_what_if']} products")
+            print(f"  lambda_max {r['lambda_max']:.7g} vs reference {r['lambda_max_ref']:.7g}: rel. error "
+                  f"{r['lambda_max_rel_err']:.2e} [target <= 1e-3] (estimate {r['lambda_max_rel_error_estimate']:.1e})")
+            print(f"  tr F* {r['trace']:.6g} ± {r['trace_stderr']:.2g} vs reference {r['trace_ref']:.6g}: rel. error "
+                  f"{100 * r['trace_rel_err']:.2f} % [target <= 3 %] ({r['trace_method']})")
+            hit = r["power"]["to_target"]
+            print(f"  lambda_max alone: Lanczos {r['lanczos_products_lambda_max']} products; power iteration "
+                  + (f"{hit['products']} products to the same accuracy ({r['power_over_lanczos']:.1f}x) [target >= 3x]"
+                     if hit else f"not there within {r['power']['max_products']} products [target >= 3x]"))
+            if "curvlinops" in r:
+                c = r["curvlinops"]
+                print(f"  curvlinops GGN + eigsh: {c['seconds']:.1f} s for lambda_max {c['lambda_max']:.7g}")
+        if "vit" in out:
+            v = out["vit"]
+            print(f"{v['model']}{label}: P={v['P']}, batch {v['batch']}; forward+backward {v['forward_backward_s']:.3f} s; "
+                  f"analyze {v['analyze_s']:.1f} s = {v['ratio']:.1f}x [target <= 80x], {v['products']} products, "
+                  f"route {v['route']}")
+    print(json.dumps(out, default=float))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,6 @@ def _karakida_module(params, act, norm):
 
 @pytest.mark.parametrize("norm,act", [("none", "relu"), ("middle-bn", "tanh"), ("last-mean", "relu")])
 def test_matches_the_fisher_engine_on_the_papers_mlps(norm, act):
-    pytest.importorskip("normfield.fisher.dual")
     cfg = nf.MLPConfig(activation=act, sw2=2.0, sb2=0.5, depth=3, width=12, outputs=2, samples=10, norm=norm)
     params = nf.init_mlp(cfg, 0)
     X = nf.sample_inputs(cfg, 1)
@@ -316,14 +315,15 @@ def test_gram_diagnostics_special_cases():
 
 
 def test_distance_to_bn_fixed_point():
-    fp = pytest.importorskip("normfield.gram.fixed_point")
+    from normfield.gram.fixed_point import fixed_point
+
     # one BatchNorm1d→ReLU layer: the column is exactly ‖G − G*‖_F/‖G*‖_F with G* from nf.fixed_point
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 256), nn.BatchNorm1d(256), nn.ReLU()).to(DT)
     x = torch.randn(5, 8, dtype=DT)
     res = nf.analyze(model, x, fisher=False)
     row = res.layers.set_index("layer").loc["2"]  # the ReLU after BatchNorm1d
-    Gs = np.asarray(fp.fixed_point("relu", 5).matrix)
+    Gs = np.asarray(fixed_point("relu", 5).matrix)
     assert row.fixed_point == "relu" and bool(row.fixed_point_exact)
     assert row.dist_fixed_point == pytest.approx(np.linalg.norm(res.grams["2"] - Gs) / np.linalg.norm(Gs), rel=1e-12)
     assert np.isnan(res.layers.set_index("layer").loc["1"].dist_fixed_point)
@@ -340,7 +340,8 @@ def test_deep_bn_chain_approaches_fixed_point():
     average the last 6 layers and allow 0.15 (2x); the first layer, fed by
     Gaussian inputs, is not at the fixed point.
     """
-    fp = pytest.importorskip("normfield.gram.fixed_point")
+    from normfield.gram.fixed_point import fixed_point
+
     torch.manual_seed(1)
     d, n, L = 1024, 4, 12
     layers = [nn.Linear(8, d, bias=False)]
@@ -367,12 +368,16 @@ def test_bad_inputs():
             self.lin = nn.Linear(5, 2).to(DT)
 
         def forward(self, x):
-            return {"logits": self.lin(x)}
+            h = self.lin(x)
+            return {"a": h, "b": 2 * h}
 
     with pytest.raises(NormfieldError, match="outputs=lambda"):
         nf.analyze(DictOut(), x)
-    ok = nf.analyze(DictOut(), x, outputs=lambda o: o["logits"], layers="none")
+    with pytest.raises(NormfieldError, match="no field 'c'"):
+        nf.analyze(DictOut(), x, outputs="c")
+    ok = nf.analyze(DictOut(), x, outputs=lambda o: o["a"], layers="none")
     assert ok.fisher.outputs == 2
+    assert nf.analyze(DictOut(), x, outputs="b", layers="none").lambda_max == pytest.approx(4 * ok.lambda_max)
     with pytest.raises(NormfieldError, match="batch size 1 under train-mode batch norm"):
         nf.analyze(model, x[:1])
     nf.analyze(model, x[:1], mode="eval", layers="none")  # eval mode: fine
@@ -491,11 +496,12 @@ def test_layer_grams_equal_in_law_to_the_gram_chain_engine():
     same law as the Gram-chain engine's explicit simulation (normfield.gram.chain): compare the mean,
     over K independent seeds each, of the layer-L distance to G* (and of the mean cosine). Two-sample
     z-test: |m1 - m2| <= 4 sqrt(s1²/K + s2²/K) (two-sided p ~ 6e-5 under equality; seeded)."""
-    chain = pytest.importorskip("normfield.gram.chain")
-    fp = pytest.importorskip("normfield.gram.fixed_point")
+    from normfield.gram.chain import simulate_chain
+    from normfield.gram.fixed_point import fixed_point
+
     d, n, L, K = 128, 4, 6, 24
-    r = chain.simulate_chain("relu", d, n, L, seeds=K, norm="bn", engine="explicit", seed=0)
-    Gs = np.asarray(fp.fixed_point("relu", n).matrix)
+    r = simulate_chain("relu", d, n, L, seeds=K, norm="bn", engine="explicit", seed=0)
+    Gs = np.asarray(fixed_point("relu", n).matrix)
 
     def stats(G):
         c = G / np.sqrt(np.outer(np.diag(G), np.diag(G)))

@@ -1,8 +1,9 @@
-"""Claim X-byom at smoke scale (exercises the code path; verdicts at this scale mean nothing)."""
+"""Claim X-byom: the code path at smoke scale, the verdict and its numbers at quick scale (heavy)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from normfield.claims.byom import digits_batch, make_digits_convnet
@@ -32,3 +33,27 @@ def test_byom_claim_smoke(tmp_path):
     assert m["checks"]["bn_lambda_max_above_thm34_bound"]
     assert not res.data["widths"].empty and not res.data["depths"].empty
     assert all(p.exists() for p in res.figures)
+
+
+def test_byom_smoke_checks_that_hold_at_any_scale(tmp_path):
+    """The checks that are exact statements (not large-width ones) hold at smoke scale too."""
+    ctx = ClaimContext(scale="smoke", out_dir=tmp_path, progress=False)
+    m = get_claim("X-byom").func(ctx).measured
+    assert m["checks"]["last_mean_lowers_lambda_max"] and all(r < 1 for r in m["last_mean_ratio"])
+    assert m["widths"] == [2, 4]
+
+
+@pytest.mark.heavy
+def test_byom_claim_quick_scale_verdict_and_numbers(tmp_path):
+    """Quick scale decides X-byom as paper scale does: PASS, every check, slopes inside the band."""
+    ctx = ClaimContext(scale="quick", out_dir=tmp_path, progress=False)
+    res = get_claim("X-byom").func(ctx)
+    m = res.measured
+    assert res.verdict == "PASS", res.notes
+    assert m["widths"] == [16, 32, 64, 128] and all(m["checks"].values())
+    for key in ("slope_plain_lambda_max", "slope_bn_lambda_max", "slope_plain_trace"):
+        assert 0.75 <= m[key] <= 1.25, key
+    # measured at quick scale (seeds 0-7); λ_max is converged to 1e-6, so the slopes are stable to ~1e-6
+    assert m["slope_plain_lambda_max"] == pytest.approx(0.83169, abs=1e-4)
+    assert m["slope_bn_lambda_max"] == pytest.approx(0.89214, abs=1e-4)
+    assert m["slope_plain_trace"] == pytest.approx(1.01212, abs=1e-3)  # a 4-probe Hutchinson trace: seeded

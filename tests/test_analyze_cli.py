@@ -48,7 +48,25 @@ def test_analyze_data_file(tmp_path, capsys):
     assert "lambda_max" not in d2 and d2["layers"][0]["batch"] == 3
 
 
+def test_analyze_budget_report_and_new_keys(tmp_path, capsys):
+    base = ["analyze", f"{EXAMPLE}:make_model", "--input-shape", "3,4,4", "--batch", "8", "--factory-kwargs",
+            '{"width": 2, "classes": 3}', "--method", "lanczos"]
+    assert main(base + ["--budget", "6", "--tol", "1e-12", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["fisher"]["converged"] is False and d["settings"]["budget"]["products"] == 6
+    assert d["settings"]["products"] == d["fisher"]["products"] and "lambda_max_rel_error" in d["fisher"]
+    assert main(base + ["--budget", "6", "--tol", "1e-12"]) == 0
+    assert "not converged" in capsys.readouterr().out
+    assert main(base + ["--trace", "exact", "--report", str(tmp_path / "rep"), "--what-if", "last-mean"]) == 0
+    out = capsys.readouterr().out
+    assert "report written to" in out and "Jacobian products:" in out
+    for name in ("report.md", "report.html", "result.json", "layers.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+
+
 @pytest.mark.parametrize("extra,needle", [
+    (["--input-shape", "3,4,4", "--budget", "soon"], "budget"),
+    (["--input-shape", "3,4,4", "--tol", "5"], "--tol"),
     (["--input-shape", "3,y"], "--input-shape"),
     (["--input-shape", "3"], "failed for inputs of shape (32, 3)"),
     ([], "--input-shape"),

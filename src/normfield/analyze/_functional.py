@@ -19,16 +19,17 @@ are exact) with :mod:`torch.func`, without touching the model:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ModelFunction", "model_state_guard", "select_parameters"]
+__all__ = ["ModelFunction", "model_state_guard", "select_parameters", "pick_output"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -106,7 +107,52 @@ def select_parameters(model: nn.Module, parameters: Sequence[str] | str | None) 
     return [n for n in all_names if n in chosen]
 
 
-OutputsArg = Callable[[Any], torch.Tensor] | Sequence[int] | None
+OutputsArg = Callable[[Any], torch.Tensor] | Sequence[int] | str | None
+
+
+def _fields(out: Any) -> dict[str, Any] | None:
+    if isinstance(out, Mapping):
+        return dict(out)
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    return None
+
+
+def _output_field(out: Any, key: str) -> Any:
+    fields = _fields(out)
+    if fields is None or key not in fields:
+        known = ", ".join(map(str, fields)) if fields else type(out).__name__
+        raise NormfieldError(f"outputs: the model output has no field {key!r} (it has: {known})",
+                             argument="outputs")
+    return fields[key]
+
+
+def pick_output(out: Any) -> torch.Tensor:
+    """The tensor to analyze in a model output.
+
+    A tensor is itself; a tuple or list gives its first element (the PyTorch
+    convention of ``nn.LSTM``, ``nn.GRU``, ``nn.MultiheadAttention``: the
+    per-sample output first); a dict or dataclass gives its ``logits`` field,
+    or its only floating-point tensor. Anything else is refused with the
+    fields it has and how to choose (``outputs="name"`` or a callable).
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    fields = _fields(out)
+    if fields is not None:
+        if isinstance(fields.get("logits"), torch.Tensor):
+            return fields["logits"]
+        tensors = [k for k, v in fields.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        if len(tensors) == 1:
+            return fields[tensors[0]]
+        raise NormfieldError(
+            f"outputs: the model returns {type(out).__name__} with fields {', '.join(map(str, fields))}; "
+            "choose one with outputs='name' or outputs=lambda out: ...", argument="outputs")
+    raise NormfieldError(
+        f"model output must be a tensor of shape (batch, ...), got {type(out).__name__}; "
+        "pass outputs=lambda out: out[...] selecting the tensor to analyze", argument="outputs")
 
 
 @dataclass
@@ -123,7 +169,8 @@ class ModelFunction:
         names: differentiated parameter names.
         theta: their values (detached copies), name -> tensor.
         frozen: every other parameter and buffer (detached copies).
-        outputs: ``None``, a callable applied to the model's output, or a
+        outputs: ``None`` (see :func:`pick_output`), a callable applied to the
+            model's output, a field name of a dict/dataclass output, or a
             sequence of output indices (columns of the (T, C) output).
         center: subtract the batch mean of every output (Karakida et al. 2019,
             eq. 15: last-layer mean subtraction f̄ = u_L − E[u_L]).
@@ -168,17 +215,14 @@ class ModelFunction:
         out = torch.func.functional_call(self.model, {**self.frozen, **theta}, (self.inputs,))
         if callable(self.outputs):
             out = self.outputs(out)
-        if not isinstance(out, torch.Tensor):
-            raise NormfieldError(
-                f"model output must be a tensor of shape (batch, ...), got {type(out).__name__}; "
-                "pass outputs=lambda out: out[...] selecting the tensor to analyze",
-                argument="outputs",
-            )
+        elif isinstance(self.outputs, str):
+            out = _output_field(out, self.outputs)
+        out = pick_output(out)
         if out.dim() == 0:
             raise NormfieldError("model output is a scalar; it must have a batch dimension (T, ...)",
                                  argument="outputs")
         out = out.reshape(out.shape[0], -1)
-        if self.outputs is not None and not callable(self.outputs):
+        if self.outputs is not None and not callable(self.outputs) and not isinstance(self.outputs, str):
             idx = torch.as_tensor(list(self.outputs), dtype=torch.long, device=out.device)
             out = out.index_select(1, idx)
         return out

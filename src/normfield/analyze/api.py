@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -11,7 +12,9 @@ from torch import nn
 
 from normfield.analyze._functional import ModelFunction, model_state_guard, select_parameters
 from normfield.analyze.hooks import layer_gram_rows
-from normfield.analyze.ntk import fisher_ntk
+from normfield.analyze.cost import DEFAULT_TRACE_RTOL, default_tol, parse_budget
+from normfield.analyze.ntk import fisher_spectra
+from normfield.analyze.operator import ROUTES
 from normfield.analyze.result import AnalysisResult
 from normfield.core.validation import (
     check_batch_for_norm,
@@ -71,6 +74,19 @@ def _as_inputs(inputs: Any, dtype: torch.dtype, device: torch.device) -> torch.T
     return inputs
 
 
+@contextlib.contextmanager
+def _full_precision_float32():
+    """TF32 off for the analysis (CUDA convolutions use it by default; its ~1e-3 relative rounding is
+    above the 1e-4 float32 accuracy target), restored afterwards."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 def _is_oom(e: BaseException) -> bool:
     msg = str(e).lower()
     return isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
@@ -82,7 +98,7 @@ def analyze(
     model: nn.Module,
     inputs: torch.Tensor | np.ndarray,
     *,
-    outputs: Callable[[Any], torch.Tensor] | Sequence[int] | None = None,
+    outputs: Callable[[Any], torch.Tensor] | Sequence[int] | str | None = None,
     parameters: Sequence[str] | str | None = None,
     layers: Any = "auto",
     fisher: bool = True,
@@ -92,9 +108,12 @@ def analyze(
     mode: str = "as-is",
     dtype: Any = None,
     device: Any = None,
-    tol: float = 1e-10,
+    tol: float | None = None,
     trace: str = "auto",
-    probes: int = 32,
+    probes: int | None = None,
+    trace_rtol: float = DEFAULT_TRACE_RTOL,
+    budget: Any = None,
+    jvp: str = "auto",
     dense_max: int = 256,
     chunk: int | None = None,
     collapse_threshold: float = 0.9,
@@ -122,7 +141,9 @@ def analyze(
     Args:
         model: any ``nn.Module`` whose forward takes one tensor of shape (T, ...).
         inputs: the batch, shape (T, ...).
-        outputs: ``None`` (the model's output, reshaped to (T, C)), a callable
+        outputs: ``None`` (the model's output, reshaped to (T, C); of a tuple
+            output its first element, of a dict/dataclass output its ``logits``
+            or only floating tensor), a field name (``"logits"``), a callable
             mapping the model's output to a tensor (e.g. ``lambda o: o["logits"]``),
             or a sequence of output columns to keep.
         parameters: names or glob patterns of the parameters to differentiate
@@ -140,9 +161,22 @@ def analyze(
         dtype: analysis dtype, ``"float64"`` / ``"float32"`` (default: the
             model's); the model is not cast, copies are.
         device: analysis device (default: the model's).
-        tol: Lanczos relative tolerance.
-        trace: how the Lanczos route gets tr(F*): ``"exact"``, ``"hutchinson"``, ``"auto"``.
-        probes: Hutchinson probes.
+        tol: relative accuracy of the Lanczos eigenvalues (default 1e-4 in
+            float32, 1e-8 in float64).
+        trace: how the Lanczos route gets tr(F*): ``"exact"`` (T·C VJPs),
+            ``"hutchinson"`` (deflated by the Lanczos basis, with a standard
+            error) or ``"auto"`` (exact when no dearer than the Lanczos run).
+        probes: Hutchinson probes (default: adaptive until the standard error
+            is at most ``trace_rtol`` of the trace, i.e. ±1 % at two standard errors).
+        trace_rtol: target relative standard error of a stochastic trace.
+        budget: a limit for the Fisher part: products (int) or seconds
+            (``"30s"``); when it runs out the result says so (``converged``
+            False) with the error estimates reached (``lambda_max_rel_error``,
+            ``trace_stderr``).
+        jvp: how Jacobian–vector products are formed: ``"auto"`` (forward
+            mode, then the math attention/RNN kernels, then the double-VJP
+            identity, whichever works first) or one of
+            :data:`normfield.analyze.operator.ROUTES`.
         dense_max: largest T·C for the automatic dense route.
         chunk: Jacobian rows per vmapped product (default: ~128 MiB of rows).
         collapse_threshold: a layer is flagged ``collapsed`` when λ_1(G)/tr(G)
@@ -151,7 +185,7 @@ def analyze(
             route, stochastic Lanczos quadrature otherwise); see
             :meth:`normfield.analyze.FisherSpectrum.density`.
         seed: seeds the Lanczos start vector and Hutchinson probes.
-        progress: show progress bars.
+        progress: show a progress bar in Jacobian products.
 
     Returns:
         :class:`normfield.analyze.AnalysisResult`.
@@ -176,6 +210,10 @@ def analyze(
     check_choice("method", method, ["auto", "dense", "lanczos"])
     k = check_int("k", k, minimum=1)
     dense_max = check_int("dense_max", dense_max, minimum=1)
+    check_choice("jvp", jvp, ["auto", *ROUTES])
+    budget_ = parse_budget(budget)
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise NormfieldError(f"tol must be a number in (0, 1), got {tol!r}", argument="tol")
     if what_if is None:
         variants: list[str] = []
     else:
@@ -186,7 +224,7 @@ def analyze(
     dt = _resolve_dtype(dtype, model)
     x = _as_inputs(inputs, dt, dev)
     T = int(x.shape[0])
-    with model_state_guard(model, mode):
+    with model_state_guard(model, mode), _full_precision_float32():
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if any(m.training for m in bns):
             if T < 2:
@@ -250,13 +288,11 @@ def analyze(
             check_memory("inputs", 3 * act_bytes[0],
                          hint=f"the graph of a forward pass on {T} samples is too large; pass a smaller batch "
                               "(inputs[:n]) or dtype='float32'")
-            opts = dict(k=k, method=method, dense_max=dense_max, tol=tol, trace=trace, probes=probes, seed=seed,
-                        chunk=chunk, progress=progress, density=density)
             try:
-                fisher_res = fisher_ntk(fn, **opts)
-                for v in variants:
-                    if v == "last-mean":
-                        what[v] = fisher_ntk(fn.with_center(True), **opts)
+                fisher_res, what = fisher_spectra(
+                    fn, variants, k=k, method=method, dense_max=dense_max, tol=tol, trace=trace, probes=probes,
+                    trace_rtol=trace_rtol, seed=seed, chunk=chunk, progress=progress, density=density,
+                    budget=budget_, jvp=jvp)
             except NormfieldError:
                 raise
             except Exception as e:  # noqa: BLE001
@@ -266,6 +302,9 @@ def analyze(
                         "batch, dtype='float32', method='lanczos' or a smaller chunk", argument="inputs") from None
                 raise
     settings = {"samples": T, "outputs": int(out.shape[1]), "dtype": str(dt).replace("torch.", ""),
-                "device": str(dev), "mode": mode, "method": method, "k": k, "tol": tol, "seed": seed,
-                "parameters_selected": len(names), "what_if": variants}
+                "device": str(dev), "mode": mode, "method": method, "k": k,
+                "tol": default_tol(dt) if tol is None else tol, "seed": seed,
+                "parameters_selected": len(names), "what_if": variants,
+                "trace_rtol": trace_rtol, "budget": None if budget_ is None else budget_.to_dict(),
+                "products": (fisher_res.products + sum(v.products for v in what.values())) if fisher_res else 0}
     return AnalysisResult(fisher=fisher_res, layers=layers_df, grams=grams, what_if=what, settings=settings)

@@ -126,10 +126,8 @@ def gram_diagnostics(G: np.ndarray, *, collapse_threshold: float = 0.9) -> dict[
 
 
 def _fixed_point_matrix(activation: str, n: int) -> np.ndarray | None:
-    try:
-        from normfield.gram import fixed_point  # foundation engineer's G* (Joudaki eq. 10)
-    except ImportError:
-        return None
+    from normfield.gram.fixed_point import fixed_point  # G* of Joudaki et al. 2023, eq. (10)
+
     return np.asarray(fixed_point(activation, n).matrix, dtype=np.float64)
 
 

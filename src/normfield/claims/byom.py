@@ -92,14 +92,14 @@ def _analyze_cell(cell: dict, **kw: Any):
     with torch pinned to one thread while it runs (cells run side by side)."""
     import torch
 
-    import normfield as nf
+    from normfield.analyze.api import analyze
 
     nthreads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model = make_digits_convnet(cell["width"], bn=cell["variant"] == "bn", depth=cell["depth"], seed=cell["seed"])
         x = digits_batch(cell["T"], cell["seed"] + 1000)
-        return nf.analyze(model, x, mode="train", layers=(torch.nn.ReLU,), **kw)
+        return analyze(model, x, mode="train", layers=(torch.nn.ReLU,), **kw)
     finally:
         torch.set_num_threads(nthreads)
 
@@ -163,7 +163,13 @@ def _slope_se(df: pd.DataFrame, *, seed: int, draws: int = 500) -> float:
     order=90.0,
 )
 def check_byom(ctx: ClaimContext) -> ClaimResult:
-    widths = ctx.pick(smoke=[2, 4], quick=[8, 16, 32, 64], paper=[8, 16, 32, 64, 128])
+    # Widths: the statement is about the large-width order of λ_max (Thm 2.2 is an M → ∞ result). The
+    # measured λ_max is close to affine in the width, a·w + b, with a finite-width offset b ≈ 0.6·a·8 at
+    # w = 8, so a log-log fit that starts at w = 8 is biased low by construction (the affine law fitted
+    # at quick scale, a ≈ 17.9, b ≈ 84, has log-log slope 0.81 over 8..64 and 0.89 over 16..128, its
+    # local exponent tends to 1). Quick scale therefore runs the four largest
+    # paper-scale widths (the same top width as the paper scale, not new numbers); the band is unchanged.
+    widths = ctx.pick(smoke=[2, 4], quick=[16, 32, 64, 128], paper=[8, 16, 32, 64, 128])
     # Seeds: the plain net's λ_max has a seed-to-seed CV of ≈ 0.3–0.4 (random output scale), so the
     # log-log slope over 4 widths spaced ×2 has SE ≈ CV/√(seeds·Σ(x−x̄)²) = CV/√(2.4·seeds):
     # 0.18 with 2 seeds (too weak to test a [0.75, 1.25] band), ≈ 0.09 with 8.
@@ -278,7 +284,13 @@ def check_byom(ctx: ClaimContext) -> ClaimResult:
         "that mean subtraction lowers λ_max's coefficient but not its order in the width (measured slope "
         f"{s_lm:.2f}); the order drops only when T grows with the width (Thm 3.3 (ii)), not tested here. "
         "Distances to G* are for convolutional BN (per-channel statistics pooled over positions), for which "
-        "the mean-field fixed point is only an approximation."
+        "the mean-field fixed point is only an approximation. Widths: quick scale runs the four largest "
+        "paper-scale widths (16-128) and paper scale all five (8-128); the band [0.75, 1.25] is the same at "
+        "every scale. The statement is about the large-width order, and the finite-width offset b of the "
+        "affine fit makes a log-log slope that starts at width 8 biased low by construction (an exact affine "
+        "law a*w + b with the offset measured at w = 8 has slope 0.81 over 8-64 and 0.89 over 16-128), so "
+        "the quick widths were moved toward the regime the statement is about; no bound, seed or "
+        "threshold was changed."
     )
     if failed:
         notes += " FAILED: " + ", ".join(failed) + "."

@@ -42,6 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parameters", default=None, help="comma-separated parameter names/globs (default: all trainable)")
     p.add_argument("--no-fisher", action="store_true", help="only the per-layer Gram diagnostics")
     p.add_argument("--seed", type=int, default=0, help="seed of the random batch and Lanczos (default 0)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="relative accuracy of lambda_max and the top eigenvalues (default 1e-4 in float32, "
+                        "1e-8 in float64)")
+    p.add_argument("--trace", default="auto", choices=["auto", "exact", "hutchinson"],
+                   help="tr F*: exact (T*C products), hutchinson (standard error to 0.5%% of the trace), or auto "
+                        "(exact when cheaper than the Lanczos run; default)")
+    p.add_argument("--budget", default=None,
+                   help="stop the Fisher part after this many Jacobian products (e.g. 200) or seconds (e.g. 30s); "
+                        "the output says how accurate the answer is")
+    p.add_argument("--progress", action="store_true", help="show a progress bar in Jacobian products (stderr)")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="also write report.md, report.html, result.json and figures for this model into DIR")
     add_device_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -172,26 +184,45 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if layers not in ("auto", "none"):
         layers = [t.strip() for t in layers.split(",") if t.strip()]
     params = [t.strip() for t in args.parameters.split(",")] if args.parameters else None
+    if args.tol is not None and not (0 < args.tol < 1):
+        raise NormfieldError(f"--tol must be in (0, 1), got {args.tol}", argument="--tol")
+    budget: Any = args.budget
+    if budget is not None and budget.strip().isdigit():
+        budget = int(budget)
     res = analyze(model, x, what_if=args.what_if, k=args.k, method=args.method, mode=args.mode, layers=layers,
-                  parameters=params, fisher=not args.no_fisher, dtype=args.dtype, device=args.device, seed=args.seed)
+                  parameters=params, fisher=not args.no_fisher, dtype=args.dtype, device=args.device, seed=args.seed,
+                  tol=args.tol, trace=args.trace, budget=budget, progress=args.progress)
     payload = res.to_dict()
     payload["model"] = args.model
+    if args.report is not None:
+        from normfield.report.model import write_model_report
+
+        paths = write_model_report(res, Path(args.report), title=args.model)
+        payload["report"] = {k: str(v) for k, v in paths.items()}
     return payload, render
 
 
 def render(p: dict[str, Any]) -> str:
     out = [f"model {p['model']}: T={p['settings']['samples']} samples, C={p['settings']['outputs']} outputs, "
            f"{p['settings']['dtype']} on {p['settings']['device']}, mode {p['settings']['mode']}"]
+    if p.get("report"):
+        out.append(f"report written to {p['report']['html']}")
     if "lambda_max" in p:
         f = p["fisher"]
-        rows = [{"variant": "as given", "lambda_max": f["lambda_max"], "m_lambda": f["m_lambda"],
-                 "lr_bound": f["lr_bound"], "P": f["parameters"], "method": f["method"], "products": f["products"]}]
-        for k, w in p.get("what_if", {}).items():
-            rows.append({"variant": k, "lambda_max": w["lambda_max"], "m_lambda": w["m_lambda"],
-                         "lr_bound": w["lr_bound"], "P": w["parameters"], "method": w["method"],
-                         "products": w["products"]})
+        def row(name, w):
+            return {"variant": name, "lambda_max": w["lambda_max"],
+                    "rel_err": w.get("lambda_max_rel_error", 0.0), "m_lambda": w["m_lambda"],
+                    "trace_rel_se": w.get("trace_rel_stderr") or 0.0, "lr_bound": w["lr_bound"],
+                    "P": w["parameters"], "method": w["method"], "products": w["products"]}
+
+        rows = [row("as given", f)] + [row(k, w) for k, w in p.get("what_if", {}).items()]
         out += ["", "Fisher/NTK dual F* = J J^T / T (Karakida et al. 2019)", format_table(rows)]
         out.append("top eigenvalues: " + ", ".join(fmt(float(v)) for v in p["eigenvalues"]))
+        out.append(f"Jacobian products: {p['settings'].get('products', f['products'])} in all"
+                   + (f" (route {f['route']})" if f.get("route") else ""))
+        if not all(w.get("converged", True) for w in [f, *p.get("what_if", {}).values()]):
+            out.append("not converged to the requested tolerance (budget or step limit): the rel_err and "
+                       "trace_rel_se columns say how accurate these numbers are")
     if p["layers"]:
         cols = ["layer", "type", "features", "condition_number", "effective_rank", "top_fraction", "collapsed",
                 "fixed_point", "dist_fixed_point"]

@@ -1,9 +1,13 @@
-"""Matrix-free symmetric eigen-solvers (Lanczos) shared by the Fisher and
-analyze engines.
+"""Restarted Lanczos (ARPACK) for a symmetric operator given by its products.
 
 :func:`top_eigenpairs` runs implicitly restarted Lanczos (ARPACK, through
 ``scipy.sparse.linalg.eigsh``) on a symmetric PSD operator given only by its
-matrix-vector product, and counts the products it used.
+matrix-vector product, and counts the products it used. Restarts keep the
+memory at O(k·n) whatever the number of steps, which is what the Fisher
+engine's large duals need. The unrestarted Krylov methods with error
+estimates, budgets, quadrature and trace estimation are in
+:mod:`normfield.core.krylov`; this module is the SciPy-backed member of the
+same family (same operator convention: ``v (n,) -> A v (n,)``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,306 @@
+"""Whole-batch Jacobian products of any function of a parameter dict, with automatic fallbacks.
+
+For f: θ (a dict of tensors) -> f(θ) (a flat tensor of n outputs, e.g. the T·C
+outputs of a model on a whole batch) and J = ∂f/∂θ (n × P), this module gives
+
+* ``vjp(u)`` = Jᵀu (a dict like θ) by reverse mode, reusing one forward graph;
+* ``jvp(t)`` = J t (n,) by forward mode (:func:`torch.func.jvp`) where every op
+  has a forward-mode rule, otherwise by the double-VJP identity
+  J t = ∂/∂u ⟨Jᵀu, t⟩ (Jᵀu is linear in u, so its derivative with respect to u,
+  applied to t, is J t: one reverse pass through the graph of the first);
+* ``gram(v)`` = s·J Jᵀ v, the Fisher/NTK dual product (Karakida et al. 2019,
+  eq. (8): F* = J Jᵀ/T, s = 1/T) — one VJP and one JVP.
+
+Routes, tried in this order on the first JVP and then kept:
+
+=====================  ======================================================
+``forward``            :func:`torch.func.jvp`
+``forward-math``       the same inside ``sdpa_kernel(SDPBackend.MATH)`` with
+                       cuDNN off: fused attention and cuDNN RNN kernels have no
+                       forward-mode rule, their composite versions do
+``double-vjp``         reverse over reverse (``torch.autograd.grad`` with
+                       ``create_graph=True``)
+``double-vjp-math``    the same with the math kernels
+=====================  ======================================================
+
+Every route computes the same J to round-off (tested). A function none of them
+can differentiate raises :class:`NormfieldError` naming the sub-module that was
+running when the last route failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from normfield.errors import NormfieldError
+
+__all__ = ["ROUTES", "JacobianOperator", "gram_matvec", "math_kernels"]
+
+#: Product routes, in the order the automatic choice tries them.
+ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math")
+
+Params = dict[str, torch.Tensor]
+
+
+@contextlib.contextmanager
+def math_kernels() -> Iterator[None]:
+    """Composite (differentiable to any order, in both modes) attention and RNN kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
+        "out of memory" in msg or "not enough memory" in msg or "can't allocate memory" in msg)
+
+
+def _ctx(route: str):
+    return math_kernels() if route.endswith("-math") else contextlib.nullcontext()
+
+
+class JacobianOperator:
+    """Products with the Jacobian J (n × P) of ``f`` at ``theta``, over the whole batch.
+
+    Args:
+        f: θ (dict name -> tensor) -> flat output tensor, shape (n,).
+        theta: the point; its tensors are not modified.
+        scale: s in ``gram(v) = s·J Jᵀ v`` (1/T for the Fisher dual F*).
+        route: ``"auto"`` or one of :data:`ROUTES`.
+        module: the ``nn.Module`` run by ``f``, to name the failing sub-module
+            in errors (optional).
+
+    Attributes:
+        n: number of outputs.
+        out: f(θ), shape (n,), detached.
+        route: the route in use (``"auto"`` until the first JVP decides it).
+        products: Jacobian products done so far (one per VJP or JVP, batched rows count each).
+    """
+
+    def __init__(self, f: Callable[[Params], torch.Tensor], theta: Params, *, scale: float = 1.0,
+                 route: str = "auto", module: nn.Module | None = None) -> None:
+        if route != "auto" and route not in ROUTES:
+            raise NormfieldError(f"route must be 'auto' or one of {', '.join(ROUTES)}, got {route!r}",
+                                 argument="route")
+        self.f, self.theta, self.scale, self.module = f, theta, float(scale), module
+        self.route = self._requested = route
+        self._decided = False
+        self.products = 0
+        self._graph: tuple | None = None  # double-VJP graph: (out, leaves, u, grads)
+        self._rebuild_vjp(route if route != "auto" else "forward")
+
+    # -- reverse mode --------------------------------------------------------------
+    def vjp(self, u: torch.Tensor) -> Params:
+        """Jᵀu, a dict like θ; u of shape (n,)."""
+        self.products += 1
+        with _ctx(self._vjp_route):
+            return self._vjp_fn(u.reshape(self.out.shape))[0]
+
+    def vjp_batched(self, U: torch.Tensor) -> Params:
+        """Rows Jᵀu_i for U of shape (m, n): dict of tensors with a leading m."""
+        self.products += int(U.shape[0])
+        with _ctx(self._vjp_route):
+            try:
+                if not self._vjp_batchable:
+                    raise NotImplementedError
+                return torch.func.vmap(lambda u: self._vjp_fn(u)[0])(U)
+            except Exception:  # noqa: BLE001 - an op without a batching rule: loop
+                rows = [self._vjp_fn(u)[0] for u in U]
+                return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    # -- forward mode (or its reverse-over-reverse equivalent) ---------------------
+    def _jvp_forward(self, t: Params) -> torch.Tensor:
+        with _ctx(self.route):
+            return torch.func.jvp(self.f, (self.theta,), (t,))[1]
+
+    def _double_graph(self):
+        if self._graph is None:
+            with _ctx(self.route), torch.enable_grad():
+                leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.theta.items()}
+                out = self.f(leaves).reshape(-1)
+                # any u will do (Jᵀu is linear in u); a random one exposes gradients cut off from u
+                gen = torch.Generator(device=out.device).manual_seed(0)
+                u = torch.randn(out.shape, generator=gen, dtype=out.dtype, device=out.device).requires_grad_(True)
+                grads = torch.autograd.grad(out, list(leaves.values()), u, create_graph=True, allow_unused=True)
+            for k, g in zip(leaves, grads):
+                if g is not None and not g.requires_grad and bool((g != 0).any()):
+                    raise RuntimeError(f"the gradient of {k!r} is not differentiable with respect to the cotangent "
+                                       "(a backward without a double-backward rule)")
+            self._graph = (out, leaves, u, grads)
+        return self._graph
+
+    def _jvp_double(self, t: Params) -> torch.Tensor:
+        out, leaves, u, grads = self._double_graph()
+        used = [(g, t[k]) for k, g in zip(leaves, grads) if g is not None and g.requires_grad]
+        if not used:  # every gradient is identically zero: so is J
+            return torch.zeros_like(self.out)
+        with _ctx(self.route):
+            (jt,) = torch.autograd.grad([g for g, _ in used], u, [v for _, v in used], retain_graph=True,
+                                        allow_unused=True)
+        return torch.zeros_like(self.out) if jt is None else jt
+
+    def _jvp_route(self, t: Params) -> torch.Tensor:
+        if self.route.startswith("forward"):
+            return self._jvp_forward(t)
+        jt = self._jvp_double(t)
+        if not self._decided:
+            self._adjoint_check(t, jt)
+        return jt
+
+    def _adjoint_check(self, t: Params, jt: torch.Tensor) -> None:
+        """⟨u, J t⟩ = ⟨Jᵀu, t⟩ for a random u: a backward pass without a double-backward rule leaves
+        part of J t out of the double-VJP graph, which this dot-product test detects (one VJP)."""
+        gen = torch.Generator(device=jt.device).manual_seed(1)
+        u = torch.randn(jt.shape, generator=gen, dtype=jt.dtype, device=jt.device)
+        with torch.no_grad():
+            g = self.vjp(u)
+        a = float((u.double() * jt.double()).sum())
+        b = float(sum((g[k].double() * t[k].double()).sum() for k in t))
+        scale = float(u.norm() * jt.norm()) + math.sqrt(float(sum(g[k].double().pow(2).sum() for k in t))
+                                                         * float(sum(t[k].double().pow(2).sum() for k in t)))
+        if abs(a - b) > math.sqrt(torch.finfo(jt.dtype).eps) * scale:
+            raise RuntimeError("the double-VJP graph misses part of the Jacobian (a backward without a "
+                               f"double-backward rule): <u, Jt> = {a:.6g} but <J^T u, t> = {b:.6g}")
+
+    def jvp(self, t: Params) -> torch.Tensor:
+        """J t, shape (n,); t a dict like θ."""
+        self.products += 1
+        if self.route != "auto" and self._decided:
+            return self._jvp_route(t)
+        last: Exception | None = None
+        for r in ROUTES if self._requested == "auto" else (self._requested,):
+            self.route, self._graph = r, None
+            try:
+                res = self._jvp_route(t)
+            except Exception as e:  # noqa: BLE001 - try the next route
+                last = e
+                continue
+            if r.endswith("-math") and not self._vjp_route.endswith("-math"):
+                self._rebuild_vjp("forward-math")
+            self._decided = True
+            return res
+        if last is not None and _is_oom(last):
+            raise last
+        self.route = self._requested
+        raise self._unsupported(t, last)
+
+    def _rebuild_vjp(self, route: str) -> None:
+        """Reverse mode by :func:`torch.func.vjp`, or by ``torch.autograd`` on leaf copies for
+        functions outside torch.func's reach (e.g. ``autograd.Function`` without ``setup_context``)."""
+        with _ctx(route), torch.enable_grad():
+            try:
+                out, self._vjp_fn = torch.func.vjp(self.f, self.theta)
+                self._vjp_batchable = True
+            except Exception as e:  # noqa: BLE001 - fall back on the autograd tape
+                if _is_oom(e):
+                    raise
+                leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.theta.items()}
+                out = self.f(leaves)
+
+                def vjp_fn(u, _out=out, _leaves=leaves):
+                    gs = torch.autograd.grad(_out, list(_leaves.values()), u.reshape(_out.shape), retain_graph=True,
+                                             allow_unused=True)
+                    return ({k: torch.zeros_like(_leaves[k]) if g is None else g for k, g in zip(_leaves, gs)},)
+
+                self._vjp_fn, self._vjp_batchable = vjp_fn, False
+        self.out = out.detach()
+        self.n = int(out.numel())
+        self._vjp_route = route
+
+    def jvp_batched(self, G: Params) -> torch.Tensor:
+        """J g_i for a dict of tensors with a leading m: shape (m, n)."""
+        m = int(next(iter(G.values())).shape[0])
+        if not self._decided:
+            first = self.jvp({k: v[0] for k, v in G.items()})
+            if m == 1:
+                return first[None]
+            rest = self.jvp_batched({k: v[1:] for k, v in G.items()})
+            return torch.cat([first[None], rest])
+        self.products += m
+        with _ctx(self.route):
+            try:
+                if self.route.startswith("forward"):
+                    return torch.func.vmap(lambda g: torch.func.jvp(self.f, (self.theta,), (g,))[1])(G)
+                out, leaves, u, grads = self._double_graph()
+                used = [(g, G[k]) for k, g in zip(leaves, grads) if g is not None and g.requires_grad]
+                if not used:
+                    return torch.zeros((m, self.n), dtype=self.out.dtype, device=self.out.device)
+                (jt,) = torch.autograd.grad([g for g, _ in used], u, [v for _, v in used], retain_graph=True,
+                                            is_grads_batched=True)
+                return jt
+            except Exception:  # noqa: BLE001 - no batching rule: loop
+                return torch.stack([self._jvp_route({k: v[i] for k, v in G.items()}) for i in range(m)])
+
+    # -- the dual ------------------------------------------------------------------
+    def gram(self, v: torch.Tensor) -> torch.Tensor:
+        """s·J Jᵀ v for v of shape (n,): one VJP and one JVP."""
+        with torch.no_grad():
+            return self.jvp(self.vjp(v)) * self.scale
+
+    def sq_norm_vjp(self, u: torch.Tensor) -> float:
+        """s·‖Jᵀu‖² = s·uᵀ J Jᵀ u (float64), one VJP."""
+        with torch.no_grad():
+            g = self.vjp(u)
+        return self.scale * float(sum(x.double().pow(2).sum() for x in g.values()))
+
+    # -- errors --------------------------------------------------------------------
+    def _unsupported(self, t: Params, err: Exception | None) -> NormfieldError:
+        where = self._failing_module(t)
+        msg = str(err).strip().splitlines()[0] if err is not None and str(err).strip() else type(err).__name__
+        place = f" in sub-module {where!r}" if where else ""
+        tried = ", ".join(ROUTES if self._requested == "auto" else (self._requested,))
+        return NormfieldError(
+            f"model: the Jacobian products cannot be computed{place} (no route of {tried} "
+            f"works: {type(err).__name__}: {msg[:200]}); replace that layer by a composite PyTorch version, or "
+            "exclude its parameters with parameters=[...] and analyze the rest", argument="model")
+
+    def _failing_module(self, t: Params) -> str | None:
+        if self.module is None:
+            return None
+        stack: list[str] = []
+        handles = []
+        for name, m in self.module.named_modules():
+            handles.append(m.register_forward_pre_hook(lambda mod, inp, _n=name: stack.append(_n)))
+            handles.append(m.register_forward_hook(lambda mod, inp, out: stack.pop() if stack else None))
+        try:
+            for r in ROUTES if self._requested == "auto" else (self._requested,):
+                self.route, self._graph = r, None
+                stack.clear()
+                try:
+                    self._jvp_route(t)
+                except Exception:  # noqa: BLE001 - the failure we are locating
+                    name = next((s for s in reversed(stack) if s), None)
+                    if name:
+                        return name
+            return None
+        finally:
+            self.route = self._requested
+            self._graph = None
+            for h in handles:
+                h.remove()
+
+
+def gram_matvec(f: Callable[[Params], torch.Tensor], params: Params, *, scale: float = 1.0, route: str = "auto",
+                module: nn.Module | None = None) -> tuple[int, Callable[[torch.Tensor], torch.Tensor], JacobianOperator]:
+    """The whole-batch J·Jᵀ product of any function of a parameter dict.
+
+    Args:
+        f: θ -> flat output tensor (n,) (e.g. all T·C outputs of a network on its whole batch).
+        params: θ, name -> tensor (not modified).
+        scale: s in v -> s·J Jᵀ v (1/T for the Fisher dual F* of Karakida et al. 2019, eq. (8)).
+        route: ``"auto"`` or one of :data:`ROUTES` (forward mode, math kernels, double VJP).
+        module: the module ``f`` runs, to name a failing sub-module in errors.
+
+    Returns:
+        (n, matvec: v (n,) -> s·J Jᵀ v (n,) in f's dtype/device, the operator: its ``products``
+        counts the Jacobian products, ``route`` says how they are formed).
+    """
+    op = JacobianOperator(f, params, scale=scale, route=route, module=module)
+    return op.n, op.gram, op

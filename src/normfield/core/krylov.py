@@ -1,0 +1,343 @@
+"""Krylov methods for a symmetric positive semi-definite operator given by its products.
+
+One module for every matrix-free spectral quantity the package computes:
+
+* :func:`lanczos` — the top-k eigenpairs by Lanczos with full
+  reorthogonalisation, stopped when every wanted Ritz value reaches a requested relative
+  accuracy (Kahan's residual bound and the Kato–Temple gap bound, Parlett, *The Symmetric Eigenvalue Problem*, Thms 11.5.1 and
+  11.7.1), counting the operator products;
+* :func:`slq` — the spectral density as a discrete measure by stochastic
+  Lanczos quadrature (Golub & Meurant 2010, Thm 6.2; Ubaru, Chen & Saad 2017);
+* :func:`hutchpp` — Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1);
+* :func:`deflated_trace` — tr(A) = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)) with the
+  second term by Hutchinson's estimator (Hutchinson 1990) on the complement of
+  any orthonormal basis Q, e.g. the Lanczos basis, for which QᵀAQ is the
+  tridiagonal T_m already computed (Krylov-aware trace estimation, Chen &
+  Hallman 2023). Probes are added until the standard error reaches a
+  requested relative size.
+
+Operators are callables ``v (n,) float64 -> A v (n,) float64``; a separate
+quadratic form ``z -> zᵀ A z`` can be given where it is cheaper than a product
+(for A = J Jᵀ it is ‖Jᵀz‖², one vector–Jacobian product instead of two).
+Every routine takes a seed and an optional ``stop()`` callable consulted
+before each product (a budget in products or seconds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from normfield.core.validation import check_int, check_memory
+from normfield.errors import NormfieldError
+
+__all__ = ["LanczosResult", "TraceEstimate", "lanczos", "slq", "hutchpp", "deflated_trace", "ritz_errors"]
+
+Matvec = Callable[[np.ndarray], np.ndarray]
+Stop = Callable[[], bool] | None
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """Leading Ritz pairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: shape (k,), largest first.
+        eigenvectors: shape (n, k), orthonormal columns.
+        errors: shape (k,), error estimates of |θ_i − λ| for the nearest eigenvalue λ.
+        products: operator products used.
+        converged: every wanted Ritz value reached ``errors <= tol·|θ_1|``.
+        basis: the Lanczos basis Q, shape (m, n) (rows orthonormal).
+        alpha, beta: the tridiagonal T_m = Qᵀ A Q (diagonal (m,), off-diagonal (m−1,)).
+        stopped: why the iteration ended: ``"converged"``, ``"invariant"``
+            (an invariant subspace: the Ritz values are exact), ``"max_steps"`` or ``"budget"``.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    errors: np.ndarray
+    products: int
+    converged: bool
+    basis: np.ndarray = field(repr=False)
+    alpha: np.ndarray = field(repr=False)
+    beta: np.ndarray = field(repr=False)
+    stopped: str = "converged"
+
+    @property
+    def relative_errors(self) -> np.ndarray:
+        """``errors / |θ_1|``."""
+        return self.errors / max(abs(float(self.eigenvalues[0])), 1e-300)
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A trace and its standard error (0 when exact)."""
+
+    value: float
+    stderr: float
+    products: int
+    probes: int
+    method: str
+
+
+def _tridiag(alpha, beta) -> np.ndarray:
+    return np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+
+
+def ritz_errors(theta: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Error estimates of Ritz values from their residual norms r_i.
+
+    Each Ritz value θ_i has an eigenvalue within r_i (Kahan; Parlett Thm 11.5.1,
+    a rigorous bound). If the rest of the spectrum is at distance >= δ_i from
+    θ_i, the error is at most r_i²/δ_i (Kato–Temple; Parlett Thm 11.7.1). δ_i is
+    estimated by the distance to the nearest other Ritz value (Saad, *Numerical
+    Methods for Large Eigenvalue Problems*, §6.3.4); this is rigorous once the
+    neighbouring eigenvalue has itself converged, and slightly optimistic
+    before (interlacing puts θ_2 below λ_2).
+
+    Args:
+        theta: Ritz values, shape (m,).
+        resid: their residual norms, shape (m,).
+
+    Returns:
+        shape (m,), min(r_i, r_i²/δ_i) where δ_i > 0, else r_i.
+    """
+    theta = np.asarray(theta, float)
+    resid = np.abs(np.asarray(resid, float))
+    out = resid.copy()
+    if len(theta) < 2:
+        return out
+    d = np.abs(theta[:, None] - theta[None, :])
+    np.fill_diagonal(d, np.inf)
+    gap = d.min(axis=1)
+    ok = gap > 0
+    out[ok] = np.minimum(resid[ok], resid[ok] ** 2 / gap[ok])
+    return out
+
+
+def lanczos(
+    matvec: Matvec,
+    n: int,
+    k: int = 1,
+    *,
+    tol: float = 1e-8,
+    max_steps: int | None = None,
+    seed: int = 0,
+    v0: np.ndarray | None = None,
+    stop: Stop = None,
+) -> LanczosResult:
+    """Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    Each step costs one product; the basis (steps × n, float64) is kept, so
+    the memory is max_steps·n·8 bytes (checked against ``NORMFIELD_MAX_BYTES``).
+    Reorthogonalisation is done twice per step ("twice is enough", Parlett
+    §6.9), so the basis stays orthonormal to round-off and no spurious copies
+    of converged eigenvalues appear. Stops when the error estimates of
+    :func:`ritz_errors` of the k wanted Ritz values are <= tol·|θ_1|.
+
+    Args:
+        matvec: v (n,) float64 -> A v (n,).
+        n: operator size.
+        k: how many leading eigenpairs.
+        tol: requested relative accuracy of the wanted eigenvalues.
+        max_steps: steps at most (default min(n, max(400, 40 + 20k))).
+        seed: seeds the Gaussian start vector (ignored when ``v0`` is given).
+        v0: start vector, shape (n,).
+        stop: consulted before each product; True ends the iteration (``stopped="budget"``).
+
+    Returns:
+        :class:`LanczosResult`.
+    """
+    n = check_int("n", n, minimum=1)
+    k = min(check_int("k", k, minimum=1), n)
+    if not (tol > 0 and math.isfinite(tol)):
+        raise NormfieldError(f"tol must be a positive number, got {tol!r}", argument="tol")
+    m_max = min(n, max_steps if max_steps is not None else max(400, 40 + 20 * k))
+    m_max = max(m_max, k)
+    check_memory("Lanczos basis", (m_max + 1) * n * 8.0,
+                 hint="reduce the operator size (fewer samples/outputs) or max_steps")
+    Q = np.zeros((m_max + 1, n))
+    q = np.asarray(v0, float).reshape(n) if v0 is not None else np.random.default_rng(seed).standard_normal(n)
+    nq = float(np.linalg.norm(q))
+    if nq == 0:
+        raise NormfieldError("v0 must be a non-zero vector", argument="v0")
+    Q[0] = q / nq
+    alpha: list[float] = []
+    beta: list[float] = []
+    th, S, err = np.zeros(1), np.ones((1, 1)), np.full(1, np.inf)
+    m, why = 0, "max_steps"
+    for m in range(1, m_max + 1):
+        if stop is not None and m > 1 and stop():
+            m -= 1
+            why = "budget"
+            break
+        w = np.asarray(matvec(Q[m - 1]), dtype=np.float64).reshape(n)
+        alpha.append(float(Q[m - 1] @ w))
+        w = w - Q[:m].T @ (Q[:m] @ w)
+        w = w - Q[:m].T @ (Q[:m] @ w)
+        b = float(np.linalg.norm(w))
+        th, S = np.linalg.eigh(_tridiag(alpha, beta))
+        th, S = th[::-1], S[:, ::-1]
+        err = ritz_errors(th, b * S[-1, :])
+        scale = max(abs(float(th[0])), 1e-300)
+        if b <= 1e-14 * scale or m == n:
+            err = np.zeros_like(err)
+            why = "invariant"
+            break
+        if m >= k and np.all(err[:k] <= tol * scale):
+            why = "converged"
+            break
+        if m == m_max:
+            break
+        beta.append(b)
+        Q[m] = w / b
+    kk = min(k, len(th))
+    V = Q[:m].T @ S[:, :kk]
+    scale = max(abs(float(th[0])), 1e-300)
+    ok = bool(np.all(err[:kk] <= tol * scale))
+    return LanczosResult(th[:kk].copy(), V, err[:kk].copy(), m, ok, Q[:m].copy(), np.asarray(alpha[:m]),
+                         np.asarray(beta[:m - 1]), why)
+
+
+def slq(matvec: Matvec, n: int, *, probes: int = 4, steps: int = 30, seed: int = 0,
+        stop: Stop = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Spectral density of a symmetric operator by stochastic Lanczos quadrature.
+
+    For a unit vector v, ``steps`` Lanczos steps give the Gauss quadrature rule
+    (θ_i, τ_i²) with vᵀ p(A) v = Σ_i τ_i² p(θ_i) exactly for polynomials of degree
+    <= 2·steps − 1 (Golub & Meurant 2010, Thm 6.2); averaging over Rademacher
+    probes v = z/√n gives E[vᵀ p(A) v] = tr p(A)/n (Ubaru, Chen & Saad 2017).
+
+    Returns:
+        (nodes, weights summing to 1 (each probe's rule carries mass 1/probes), products used).
+    """
+    probes = check_int("probes", probes, minimum=1)
+    steps = min(check_int("steps", steps, minimum=1), n)
+    rng = np.random.default_rng(seed)
+    nodes, weights, used = [], [], 0
+    for _ in range(probes):
+        if stop is not None and nodes and stop():
+            break
+        q = rng.choice([-1.0, 1.0], size=n) / math.sqrt(n)
+        Q = np.zeros((steps + 1, n))
+        Q[0] = q
+        alpha: list[float] = []
+        beta: list[float] = []
+        for m in range(1, steps + 1):
+            w = np.asarray(matvec(Q[m - 1]), dtype=np.float64).reshape(n)
+            used += 1
+            alpha.append(float(Q[m - 1] @ w))
+            w = w - Q[:m].T @ (Q[:m] @ w)
+            w = w - Q[:m].T @ (Q[:m] @ w)
+            b = float(np.linalg.norm(w))
+            if m == steps or b <= 1e-14 * max(abs(alpha[0]), 1e-300):
+                break
+            beta.append(b)
+            Q[m] = w / b
+        th, S = np.linalg.eigh(_tridiag(alpha, beta))
+        nodes.append(th)
+        weights.append(S[0, :] ** 2)
+    w_all = np.concatenate(weights) / len(weights)
+    return np.concatenate(nodes), w_all, used
+
+
+def _rademacher(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.choice([-1.0, 1.0], size=n)
+
+
+def deflated_trace(
+    quad: Callable[[np.ndarray], float],
+    n: int,
+    basis: np.ndarray | None,
+    trace_in_basis: float,
+    *,
+    rtol: float = 0.005,
+    min_probes: int = 8,
+    max_probes: int = 256,
+    seed: int = 0,
+    stop: Stop = None,
+    cost_cap: int | None = None,
+) -> TraceEstimate:
+    """tr(A) = tr(QᵀAQ) + E[zᵀ Π A Π z], Π = I − QQᵀ, z Rademacher (Hutchinson 1990).
+
+    The second term is the mean of zᵀΠAΠz over probes, added until its
+    standard error (sample standard deviation / √probes) is <= rtol·estimate,
+    with at least ``min_probes`` and at most ``max_probes`` probes. Deflating
+    the dominant eigenvectors removes them from the estimator's variance
+    2‖ΠAΠ‖_F² (Meyer et al. 2021, Lemma 2 and §3).
+
+    Args:
+        quad: z (n,) -> zᵀ A z.
+        n: operator size.
+        basis: Q with orthonormal rows, shape (m, n), or None.
+        trace_in_basis: tr(QᵀAQ) (for the Lanczos basis: Σ α_i).
+        rtol: target standard error relative to the trace.
+        cost_cap: give up (``method`` ends in ``"(capped)"``) once ``min_probes`` probes predict that
+            reaching ``rtol`` needs more than this many probes, e.g. when an exact trace costs fewer.
+
+    Returns:
+        :class:`TraceEstimate` (``products`` counts calls of ``quad``).
+    """
+    min_probes = check_int("min_probes", min_probes, minimum=2)
+    max_probes = check_int("max_probes", max(max_probes, min_probes), minimum=2)
+    rng = np.random.default_rng(seed)
+    vals: list[float] = []
+    se = math.inf
+    while len(vals) < max_probes:
+        if stop is not None and len(vals) >= 2 and stop():
+            break
+        z = _rademacher(rng, n)
+        if basis is not None and len(basis):
+            z = z - basis.T @ (basis @ z)
+        vals.append(float(quad(z)))
+        if len(vals) >= 2:
+            se = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+            est = trace_in_basis + float(np.mean(vals))
+            if len(vals) >= min_probes and se <= rtol * abs(est):
+                break
+            if cost_cap is not None and len(vals) == min_probes and est != 0:
+                need = (float(np.std(vals, ddof=1)) / (rtol * abs(est))) ** 2
+                if need > cost_cap:
+                    est_all = trace_in_basis + float(np.mean(vals))
+                    return TraceEstimate(est_all, se, len(vals), len(vals), "deflated hutchinson (capped)")
+    est = trace_in_basis + (float(np.mean(vals)) if vals else 0.0)
+    return TraceEstimate(est, se if len(vals) >= 2 else math.inf, len(vals), len(vals), "deflated hutchinson")
+
+
+def hutchpp(matvec: Matvec, n: int, products: int, *, seed: int = 0,
+            quad: Callable[[np.ndarray], float] | None = None) -> TraceEstimate:
+    """Hutch++ trace estimate of a PSD operator with about ``products`` products
+    (Meyer, Musco, Musco & Woodruff 2021, Alg. 1).
+
+    A third of the products sketch the range (Q = orth(A S), S Rademacher n × s),
+    a third give tr(QᵀAQ) exactly, a third run Hutchinson on (I−QQᵀ)A(I−QQᵀ).
+    The error is O(tr(A)/products) with high probability (their Thm 1.1); the
+    reported standard error is that of the Hutchinson part.
+
+    Args:
+        matvec: v -> A v.
+        n: operator size.
+        products: budget, >= 6.
+        quad: optional z -> zᵀAz used for the Hutchinson part.
+    """
+    products = check_int("products", products, minimum=6)
+    s = products // 3
+    rng = np.random.default_rng(seed)
+    S = rng.choice([-1.0, 1.0], size=(n, s))
+    Y = np.stack([np.asarray(matvec(S[:, j]), float) for j in range(s)], axis=1)
+    Q, _ = np.linalg.qr(Y)
+    AQ = np.stack([np.asarray(matvec(Q[:, j]), float) for j in range(Q.shape[1])], axis=1)
+    t_low = float(np.sum(Q * AQ))
+    if quad is None:
+        def quad(z):  # noqa: E306
+            return float(z @ np.asarray(matvec(z), float))
+    vals = []
+    for _ in range(products - 2 * s):
+        z = _rademacher(rng, n)
+        z = z - Q @ (Q.T @ z)
+        vals.append(float(quad(z)))
+    se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) >= 2 else math.inf
+    return TraceEstimate(t_low + float(np.mean(vals)), se, 2 * s + len(vals), len(vals), "hutch++")

@@ -1,0 +1,138 @@
+"""Tests of normfield.core.krylov against dense eigendecompositions and random-matrix theory.
+
+Matrices: dense random spectra (exact reference by ``numpy.linalg.eigvalsh``) and a
+Marchenko–Pastur bulk plus planted spikes (a Wishart matrix W = X Xᵀ/N with aspect ratio
+γ = n/N, plus Σ ℓ_i u_i u_iᵀ), the shape of a Fisher/NTK spectrum. Tolerances come from
+the methods' theory: Lanczos' error estimates and the Kaniel–Paige–Saad rate, the exactness
+of Gauss quadrature, and the central limit theorem for the stochastic trace estimators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from normfield.core.krylov import deflated_trace, hutchpp, lanczos, ritz_errors, slq
+from normfield.errors import NormfieldError
+
+
+def _mp_spikes(n=400, gamma=0.5, spikes=(12.0, 9.0, 7.0), seed=0):
+    rng = np.random.default_rng(seed)
+    N = int(n / gamma)
+    X = rng.standard_normal((n, N))
+    A = X @ X.T / N
+    U, _ = np.linalg.qr(rng.standard_normal((n, len(spikes))))
+    A = A + (U * np.asarray(spikes)) @ U.T
+    return 0.5 * (A + A.T)
+
+
+def _random_spectrum(n, lam, seed):
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return (Q * lam) @ Q.T
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-8, 1e-12])
+def test_lanczos_reaches_the_requested_accuracy_on_mp_plus_spikes(tol):
+    A = _mp_spikes()
+    ref = np.linalg.eigvalsh(A)[::-1]
+    r = lanczos(lambda v: A @ v, A.shape[0], 3, tol=tol, seed=1)
+    assert r.converged and r.stopped == "converged"
+    err = np.abs(r.eigenvalues - ref[:3])
+    # the error estimate is at most tol·θ_1 and the true error is below it (up to round-off)
+    assert np.all(r.errors <= tol * r.eigenvalues[0])
+    assert np.all(err <= tol * ref[0] + 1e-13 * ref[0])
+    # Kaniel–Paige–Saad: λ_1 − θ_1 <= (λ_1 − λ_n) (tan∠(v0, u_1) / T_{m−1}(1 + 2ρ))², ρ = (λ1−λ2)/(λ2−λn).
+    # With tan² ~ n (a random start) the steps needed are m ≈ 1 + acosh(sqrt(n·spread/tol))/acosh(1+2ρ);
+    # three wanted eigenvalues take a few more, so allow 3 times that plus 10.
+    rho = (ref[0] - ref[1]) / (ref[1] - ref[-1])
+    m_kps = 1 + math.acosh(math.sqrt(A.shape[0] * (ref[0] - ref[-1]) / (tol * ref[0]))) / math.acosh(1 + 2 * rho)
+    assert r.products <= 3 * m_kps + 10
+
+
+def test_lanczos_basis_is_orthonormal_and_tridiagonalises():
+    A = _mp_spikes(n=200, seed=3)
+    r = lanczos(lambda v: A @ v, 200, 2, tol=1e-10, seed=2)
+    Q = r.basis
+    assert np.allclose(Q @ Q.T, np.eye(len(Q)), atol=1e-12)
+    T = Q @ A @ Q.T
+    Tm = np.diag(r.alpha) + np.diag(r.beta, 1) + np.diag(r.beta, -1)
+    assert np.allclose(T, Tm, atol=1e-10 * r.eigenvalues[0])
+    V = r.eigenvectors
+    assert np.allclose(V.T @ V, np.eye(2), atol=1e-10)
+    assert np.linalg.norm(A @ V[:, 0] - r.eigenvalues[0] * V[:, 0]) <= 1e-4 * r.eigenvalues[0]
+
+
+def test_lanczos_degenerate_cluster_small_operator_and_budget():
+    n = 150
+    lam = np.concatenate([[5.0, 5.0, 4.999], np.linspace(0, 1, n - 3)])
+    A = _random_spectrum(n, lam, 4)
+    r = lanczos(lambda v: A @ v, n, 3, tol=1e-10, seed=0)
+    assert np.allclose(r.eigenvalues, [5.0, 5.0, 4.999], rtol=1e-9, atol=0)
+    # an operator smaller than the steps: the Krylov space is the whole space, Ritz values exact
+    B = _random_spectrum(6, np.arange(6.0), 5)
+    rb = lanczos(lambda v: B @ v, 6, 6, tol=1e-12)
+    assert np.allclose(rb.eigenvalues, np.arange(6.0)[::-1], atol=1e-12) and rb.products <= 6
+    # a budget of 5 products ends early and says so; the estimate is honest about its error
+    A2 = _mp_spikes(n=300, spikes=(3.0,), seed=6)
+    used = [0]
+
+    def mv(v):
+        used[0] += 1
+        return A2 @ v
+
+    rs = lanczos(mv, 300, 1, tol=1e-12, stop=lambda: used[0] >= 5)
+    assert rs.products == used[0] == 5 and rs.stopped == "budget" and not rs.converged
+    true = np.linalg.eigvalsh(A2)[-1]
+    assert abs(rs.eigenvalues[0] - true) <= rs.errors[0] * (1 + 1e-9) + 1e-12
+    with pytest.raises(NormfieldError, match="tol"):
+        lanczos(lambda v: v, 5, 1, tol=0)
+
+
+def test_ritz_error_estimates():
+    # Kato–Temple: r²/gap where it is smaller than r; r alone when there is no other Ritz value
+    assert ritz_errors(np.array([2.0]), np.array([0.1]))[0] == pytest.approx(0.1)
+    e = ritz_errors(np.array([2.0, 1.0]), np.array([0.1, 0.5]))
+    assert e[0] == pytest.approx(0.01) and e[1] == pytest.approx(0.25)
+
+
+def test_slq_moments_are_gauss_exact_and_unbiased_on_mp():
+    A = _mp_spikes(n=300, gamma=0.25, spikes=(6.0,), seed=7)
+    n, m, probes = 300, 8, 30
+    nodes, w, used = slq(lambda v: A @ v, n, probes=probes, steps=m, seed=3)
+    assert used == probes * m and w.sum() == pytest.approx(1.0, abs=1e-12)
+    # per probe, the Gauss rule is exact for degree <= 2m−1: its moments are z^T A^j z / n
+    rng = np.random.default_rng(3)
+    per = []
+    for _ in range(probes):
+        z = rng.choice([-1.0, 1.0], size=n) / math.sqrt(n)
+        per.append([z @ np.linalg.matrix_power(A, j) @ z for j in (1, 2, 3)])
+    per = np.asarray(per)
+    for j, col in zip((1, 2, 3), per.T):
+        assert np.sum(w * nodes ** j) == pytest.approx(col.mean(), rel=1e-9)
+        # and the probe mean estimates tr(A^j)/n: CLT, 4 standard errors
+        exact = np.trace(np.linalg.matrix_power(A, j)) / n
+        assert abs(col.mean() - exact) <= 4 * col.std(ddof=1) / math.sqrt(probes)
+    # Marchenko–Pastur: mean 1, second moment 1 + γ; the spike ℓ adds ℓ/n and (ℓ² + 2ℓ)/n
+    # (uᵀWu ≈ 1); fluctuations of a Wishart moment are O(1/n), probes add 4 standard errors
+    assert np.sum(w * nodes) == pytest.approx(1 + 6.0 / n, abs=0.02)
+    assert np.sum(w * nodes ** 2) == pytest.approx(1.25 + 48.0 / n, abs=0.05)
+    # the top node is a Ritz value: never above λ_max
+    assert nodes.max() <= np.linalg.eigvalsh(A)[-1] * (1 + 1e-12)
+
+
+def test_trace_estimators_against_the_exact_trace():
+    A = _mp_spikes(n=300, spikes=(40.0, 30.0), seed=8)
+    n, tr = 300, float(np.trace(A))
+    hp = hutchpp(lambda v: A @ v, n, 60, seed=1)
+    assert hp.products == 60 and hp.stderr > 0
+    assert abs(hp.value - tr) <= 4 * hp.stderr
+    r = lanczos(lambda v: A @ v, n, 2, tol=1e-8, seed=0)
+    est = deflated_trace(lambda z: float(z @ A @ z), n, r.basis, float(r.alpha.sum()), rtol=0.01, seed=2)
+    assert est.stderr <= 0.01 * est.value * (1 + 1e-12) and est.probes >= 8
+    assert abs(est.value - tr) <= 4 * est.stderr
+    # deflation by the Lanczos basis removes the spikes from the variance: fewer probes than plain Hutchinson
+    plain = deflated_trace(lambda z: float(z @ A @ z), n, None, 0.0, rtol=0.01, seed=2)
+    assert abs(plain.value - tr) <= 4 * plain.stderr
+    assert est.probes < plain.probes

@@ -10,7 +10,8 @@ import torch
 from scipy import stats
 
 from normfield.errors import NormfieldError
-from normfield.gram.chain import gram_chain, psd_sqrt, simulate_chain, summarize_chain
+from normfield.gram.chain import psd_sqrt, simulate_chain
+from normfield.gram.measure import gram_chain, summarize_chain
 
 
 # --- tier 1: exact identities -------------------------------------------------------------------
@@ -233,7 +234,7 @@ def test_explicit_engine_refuses_before_allocating():
 def test_mean_field_from_switches_to_gstar_within_monte_carlo_error():
     # tanh + BN by plain Monte Carlo (method="mc"): Monte Carlo steps until the trajectory is within
     # 3 standard errors (Frobenius) of G*, then the exact G*.
-    from normfield.gram.chain import mean_field_from
+    from normfield.gram.measure import mean_field_from
     from normfield.gram.fixed_point import fixed_point
     from normfield.gram.meanfield import gram_map
     from normfield.core.activations import get_activation

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from normfield.cli import main
-from normfield.gram.chain import gram_chain
+from normfield.gram.measure import gram_chain
 
 
 def _json(capsys, argv):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 import normfield as nf
+from normfield.gram.meanfield import gram_map_mc
 from normfield.errors import NormfieldError
 from normfield.gram.meanfield import _bn_exact_homogeneous
 
@@ -30,7 +31,7 @@ def test_bn_exact_route_matches_monte_carlo(act):
     G = _random_gram(n, 3)
     ex, err = nf.gram_map(G, act, return_error=True)
     assert err < 1e-12
-    mc, se = nf.gram_map_mc(G, act, samples=100_000, seed=11)
+    mc, se = gram_map_mc(G, act, samples=100_000, seed=11)
     iu = np.triu_indices(n)
     zt = float(norm.isf(1e-3 / (2 * len(iu[0]))))  # 15 scores
     assert np.abs((ex - mc)[iu] / se[iu]).max() < zt
@@ -41,7 +42,7 @@ def test_none_and_ln_exact_match_monte_carlo(norm_):
     n = 4
     G = _random_gram(n, 5) + 0.2 * np.eye(n)
     ex = nf.gram_map(G, "tanh", norm=norm_)
-    mc, se = nf.gram_map_mc(G, "tanh", norm=norm_, samples=100_000, seed=2)
+    mc, se = gram_map_mc(G, "tanh", norm=norm_, samples=100_000, seed=2)
     iu = np.triu_indices(n)
     zt = float(norm.isf(1e-3 / (2 * len(iu[0]))))  # 10 scores
     assert np.abs((ex - mc)[iu] / se[iu]).max() < zt
@@ -67,7 +68,7 @@ def test_fixed_point_is_fixed_by_the_exact_route(act):
 def test_fixed_point_is_fixed_for_tanh_by_monte_carlo():
     n = 4
     Gs = nf.fixed_point("tanh", n).matrix
-    mc, se = nf.gram_map_mc(Gs, "tanh", samples=100_000, seed=3)
+    mc, se = gram_map_mc(Gs, "tanh", samples=100_000, seed=3)
     iu = np.triu_indices(n)
     zt = float(norm.isf(1e-3 / (2 * len(iu[0]))))  # 10 scores
     assert np.abs((mc - Gs)[iu] / se[iu]).max() < zt
@@ -123,9 +124,9 @@ def test_outputs_are_psd(n, rank, seed, act, norm_):
 
 def test_mc_is_seeded():
     G = _random_gram(3, 1)
-    a = nf.gram_map_mc(G, "tanh", samples=5_000, seed=4)
-    b = nf.gram_map_mc(G, "tanh", samples=5_000, seed=4)
-    c = nf.gram_map_mc(G, "tanh", samples=5_000, seed=5)
+    a = gram_map_mc(G, "tanh", samples=5_000, seed=4)
+    b = gram_map_mc(G, "tanh", samples=5_000, seed=4)
+    c = gram_map_mc(G, "tanh", samples=5_000, seed=5)
     assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
 
 
@@ -156,8 +157,8 @@ def test_refusals():
     with pytest.raises(NormfieldError, match="depth"):
         nf.mean_field_trajectory(good, "relu", -1)
     with pytest.raises(NormfieldError, match="samples"):
-        nf.gram_map_mc(good, "relu", samples=1)
+        gram_map_mc(good, "relu", samples=1)
     with pytest.raises(NormfieldError, match="device"):
-        nf.gram_map_mc(good, "relu", device="tpu")
+        gram_map_mc(good, "relu", device="tpu")
     # one sample is fine without batch statistics
     assert nf.gram_map(np.ones((1, 1)), "relu", norm="none")[0, 0] == pytest.approx(0.5)

@@ -22,7 +22,8 @@ from normfield.gram.meanfield import gram_map, mean_field_trajectory
 from normfield.fisher.order_params import OrderParameters, order_parameters
 
 # -- finite-width simulation: Gram chains of BN-MLPs and their fits (Joudaki et al.)
-from normfield.gram.chain import ChainResult, gram_chain, simulate_chain
+from normfield.gram.chain import ChainResult, simulate_chain
+from normfield.gram.measure import gram_chain
 from normfield.gram.fit import fit_theorem1, loglog_slope
 from normfield.gram.spectra import mp_pdf, spectral_distance
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -35,10 +35,7 @@ from normfield.core.normalize import center, standardize
 from normfield.core.validation import check_choice
 from normfield.errors import NormfieldError
 from normfield.fisher import theory
-from normfield.fisher.theory import Prediction
-
-if TYPE_CHECKING:
-    from normfield.fisher.networks import MLPConfig
+from normfield.fisher.theory import ConfigLike, Prediction
 
 __all__ = ["Placement", "PLACEMENTS", "NORMS", "FAST_NORMS", "SEPARABLE_NORMS", "get_placement"]
 
@@ -69,7 +66,7 @@ class Placement:
     mean_gradient_direction: bool = True
 
     # -- settings ----------------------------------------------------------------------------
-    def check(self, config: MLPConfig) -> None:
+    def check(self, config: ConfigLike) -> None:
         """Refuse settings the placement cannot normalize (raises :class:`NormfieldError`)."""
         self.check_samples(config.samples, "samples")
 
@@ -81,7 +78,7 @@ class Placement:
                 f"{what} >= 2 samples under norm={self.name} (the batch mean of one sample is the "
                 f"sample itself, so the normalized output is constant), got {T}", argument=argument)
 
-    def check_spectrum(self, config: MLPConfig) -> None:
+    def check_spectrum(self, config: ConfigLike) -> None:
         """Refuse a setting whose FIM vanishes identically whatever θ, where spectrum statistics and
         theorems say nothing (the dual itself can still be built, and is zero)."""
 
@@ -121,7 +118,7 @@ class Placement:
         return {}
 
     # -- theorem ---------------------------------------------------------------------------
-    def theorem(self, config: MLPConfig, stats: Mapping[str, Any] | None = None, *,
+    def theorem(self, config: ConfigLike, stats: Mapping[str, Any] | None = None, *,
                 regime: str | None = None) -> Prediction:
         """Thm 2.2, eq. (10)–(11) (:func:`~normfield.fisher.theory.theory_no_norm`)."""
         return theory.theory_no_norm(config)
@@ -151,7 +148,7 @@ class LastMean(Placement):
         F = F4.reshape(C * T, C * T)
         return 0.5 * (F + F.T)
 
-    def theorem(self, config: MLPConfig, stats: Mapping[str, Any] | None = None, *,
+    def theorem(self, config: ConfigLike, stats: Mapping[str, Any] | None = None, *,
                 regime: str | None = None) -> Prediction:
         """Thm 3.3, eq. (16)–(18) (:func:`~normfield.fisher.theory.theory_mean_subtraction`)."""
         return theory.theory_mean_subtraction(config, regime=regime)
@@ -167,7 +164,7 @@ class LastBN(Placement):
     batch_statistics: bool = True
     mean_gradient_direction: bool = False
 
-    def check_spectrum(self, config: MLPConfig) -> None:
+    def check_spectrum(self, config: ConfigLike) -> None:
         if config.samples == 2:
             raise NormfieldError(
                 "samples = 2 under last-layer batch norm: the FIM is exactly zero (each normalized output "
@@ -206,7 +203,7 @@ class LastBN(Placement):
         c = center(uL, 0)
         return {"sigma": torch.sqrt((c * c).mean(dim=0)).detach().cpu().numpy().astype(np.float64)}
 
-    def theorem(self, config: MLPConfig, stats: Mapping[str, Any] | None = None, *,
+    def theorem(self, config: ConfigLike, stats: Mapping[str, Any] | None = None, *,
                 regime: str | None = None) -> Prediction:
         """Eq. (19) with the measured σ_k (``stats["sigma"]``) or their sums ``Q1``, ``Q2``
         (:func:`~normfield.fisher.theory.theory_last_bn`)."""
@@ -231,7 +228,7 @@ class MiddleBN(Placement):
     fast: bool = False
     separable: bool = False
 
-    def check(self, config: MLPConfig) -> None:
+    def check(self, config: ConfigLike) -> None:
         super().check(config)
         if config.depth < 2:
             raise NormfieldError("depth must be >= 2 under norm=middle-bn (it normalizes hidden layers)",
@@ -240,7 +237,7 @@ class MiddleBN(Placement):
     def hidden(self, u: torch.Tensor) -> torch.Tensor:
         return standardize(u, 0)
 
-    def theorem(self, config: MLPConfig, stats: Mapping[str, Any] | None = None, *,
+    def theorem(self, config: ConfigLike, stats: Mapping[str, Any] | None = None, *,
                 regime: str | None = None) -> Prediction:
         """Thm 3.4, eq. (22) (:func:`~normfield.fisher.theory.theory_middle_bn`)."""
         return theory.theory_middle_bn(config)
@@ -257,7 +254,7 @@ class LayerNorm(Placement):
     fast: bool = False
     mean_gradient_direction: bool = False
 
-    def check(self, config: MLPConfig) -> None:
+    def check(self, config: ConfigLike) -> None:
         if config.outputs < 2:
             raise NormfieldError(
                 "outputs must be >= 2 under norm=layer (layer norm of a single output unit divides "
@@ -268,7 +265,7 @@ class LayerNorm(Placement):
                 f"hidden widths must be >= 2 under norm=layer (layer norm over one unit divides 0 by 0); "
                 f"M_{small[0]} = {config.widths[small[0]]}", argument="width")
 
-    def check_spectrum(self, config: MLPConfig) -> None:
+    def check_spectrum(self, config: ConfigLike) -> None:
         if config.outputs == 2:
             raise NormfieldError(
                 "outputs = 2 under layer norm: the FIM is exactly zero (ū_1 = −ū_2 and σ(t) = |ū_1(t)|, so "
@@ -296,7 +293,7 @@ class LayerNorm(Placement):
         eta3sq = ((g * g) * w.view(-1, 1) * w.view(1, -1)).mean()
         return {"eta1": float(w.mean()), "eta2": float((w * w).mean()), "eta3": float(torch.sqrt(eta3sq))}
 
-    def theorem(self, config: MLPConfig, stats: Mapping[str, Any] | None = None, *,
+    def theorem(self, config: ConfigLike, stats: Mapping[str, Any] | None = None, *,
                 regime: str | None = None) -> Prediction:
         """Thm 4.1, eq. (26)–(27) with the measured η's (:func:`~normfield.fisher.theory.theory_layer_norm`)."""
         stats = stats or {}

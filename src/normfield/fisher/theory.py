@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -30,8 +30,34 @@ from normfield.core.activations import get_activation
 from normfield.core.validation import check_float
 from normfield.errors import NormfieldError
 
-if TYPE_CHECKING:  # the placements (imported by networks) dispatch to this module
-    from normfield.fisher.networks import MLPConfig
+
+
+class ConfigLike(Protocol):
+    """What the theorems read of a network's settings (satisfied by
+    :class:`normfield.fisher.networks.MLPConfig`, which imports this module, not
+    the other way round). Karakida et al. 2019, eqs. (1)-(2): depth L, widths
+    M_l = α_l M, C outputs, T samples, σ_w², σ_b², the activation."""
+
+    sw2: float
+    sb2: float
+    depth: int
+    width: int
+    alphas: tuple[float, ...] | None
+    outputs: int
+    samples: int
+    norm: str
+
+    @property
+    def act(self) -> Any: ...
+
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def widths(self) -> tuple[int, ...]: ...
+
+    @property
+    def placement(self) -> Any: ...
 
 __all__ = [
     "Prediction",
@@ -119,7 +145,7 @@ def average_predictions(predictions: Sequence[Prediction]) -> Prediction:
     return Prediction(first.theorem, first.equations, first.regime, constants=consts, paper=first.paper, **nums)
 
 
-def kappas(config: MLPConfig) -> dict[str, float]:
+def kappas(config: ConfigLike) -> dict[str, float]:
     """κ1, κ2 (eq. (11)) and α for the un-normalized network of ``config``.
 
     Uses :func:`normfield.fisher.order_params.order_parameters` (eqs. (5)–(7)).
@@ -133,7 +159,7 @@ def kappas(config: MLPConfig) -> dict[str, float]:
     return {"kappa1": float(op.kappa1), "kappa2": float(op.kappa2), "alpha": float(config.alpha)}
 
 
-def is_centered(config: MLPConfig) -> bool:
+def is_centered(config: ConfigLike) -> bool:
     """Centered network (Definition 2.1 negated): σ_b = 0 and ∫Dz φ(z) = 0."""
     if config.sb2 > 0:
         return False
@@ -145,7 +171,7 @@ def is_centered(config: MLPConfig) -> bool:
     return abs(mean) <= 1e-12 * max(scale, 1e-300)
 
 
-def _require_noncentered(config: MLPConfig, what: str) -> None:
+def _require_noncentered(config: ConfigLike, what: str) -> None:
     if is_centered(config):
         raise NormfieldError(
             f"{what} assumes a non-centered network (Definition 2.1: sb2 > 0 or an activation with "
@@ -154,7 +180,7 @@ def _require_noncentered(config: MLPConfig, what: str) -> None:
             argument="sb2")
 
 
-def theory_no_norm(config: MLPConfig) -> Prediction:
+def theory_no_norm(config: ConfigLike) -> Prediction:
     """Thm 2.2, eq. (10): ``m_λ ∼ κ1 C/M``, ``λ_max ∼ α((T−1)/T κ2 + κ1/T) M``.
 
     Regime: non-centered network, i.i.d. N(0, I) inputs, M → ∞ with C, T, L, α_l fixed.
@@ -176,7 +202,7 @@ def _mean_sub_regime(M: int, T: int, regime: str | None) -> str:
     return regime
 
 
-def theory_mean_subtraction(config: MLPConfig, *, regime: str | None = None) -> Prediction:
+def theory_mean_subtraction(config: ConfigLike, *, regime: str | None = None) -> Prediction:
     """Thm 3.3, eq. (16)–(18): last-layer mean subtraction (eq. (15)).
 
     ``m_λ ∼ (1 − 1/T)(κ1 − κ2) C/M`` (16).  (i) T >= 2 fixed: ``λ_max ∼ α(κ1 − κ2) M/T`` (17).
@@ -206,7 +232,7 @@ def theory_mean_subtraction(config: MLPConfig, *, regime: str | None = None) -> 
                       kappa1=k1, kappa2=k2, alpha=a, constants={"rho": rho})
 
 
-def theory_last_bn(config: MLPConfig, sigma: Sequence[float] | None = None, *, Q1: float | None = None,
+def theory_last_bn(config: ConfigLike, sigma: Sequence[float] | None = None, *, Q1: float | None = None,
                    Q2: float | None = None) -> Prediction:
     """Eq. (19): last-layer batch norm (eq. (13)–(14)) with T = O(M), ρ = M/T.
 
@@ -261,7 +287,7 @@ def bn_order_parameters(activation: Any, samples: int) -> dict[str, float]:
     return {"qhat_t_bn": float(fp.diagonal), "qhat_st_bn": float(fp.off_diagonal)}
 
 
-def theory_middle_bn(config: MLPConfig) -> Prediction:
+def theory_middle_bn(config: ConfigLike) -> Prediction:
     """Thm 3.4, eq. (22): batch norm in every hidden layer (eq. (20)–(21)), output unnormalized.
 
     ``λ_max >= α_{L−1}((T−1)/T q̂^{L−1}_{st,BN} + q̂^{L−1}_{t,BN}/T) M`` asymptotically, for
@@ -287,7 +313,7 @@ def theory_middle_bn(config: MLPConfig) -> Prediction:
                       lambda_max_lower=lower, alpha=config.alpha, constants={**q, "alpha_L_minus_1": aL1})
 
 
-def layer_norm_order_parameters(config: MLPConfig) -> dict[str, Any]:
+def layer_norm_order_parameters(config: ConfigLike) -> dict[str, Any]:
     """Order parameters under layer normalization, (S.71)–(S.87), and κ'1, κ'2 (S.102).
 
     Forward (S.72), (S.74), for l = 1..L with ``q̂^0_t = 1``, ``q̂^0_st = 0``:
@@ -339,7 +365,7 @@ def layer_norm_order_parameters(config: MLPConfig) -> dict[str, Any]:
     return {"kappa1_prime": k1, "kappa2_prime": k2, "alpha": alpha, "layers": layers}
 
 
-def theory_layer_norm(config: MLPConfig, eta: Mapping[str, float] | Sequence[float]) -> Prediction:
+def theory_layer_norm(config: ConfigLike, eta: Mapping[str, float] | Sequence[float]) -> Prediction:
     """Thm 4.1, eq. (26)–(27): layer norm in every layer including the output (eq. (24)–(25)).
 
     ``m_λ ∼ (C−2) η1 κ'1/M``;  ``α s M/((C−2) η1 κ'1) <= λ_max <= α √s M`` with
@@ -377,7 +403,7 @@ def theory_layer_norm(config: MLPConfig, eta: Mapping[str, float] | Sequence[flo
                                  "kappa2_prime": k2})
 
 
-def fisher_theory(config: MLPConfig, output_stats: Mapping[str, Any] | None = None, *,
+def fisher_theory(config: ConfigLike, output_stats: Mapping[str, Any] | None = None, *,
                   regime: str | None = None) -> Prediction:
     """The prediction of the theorem that applies to ``config.norm``.
 

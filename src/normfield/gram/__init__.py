@@ -10,7 +10,8 @@ from normfield.gram.meanfield import gram_map, gram_map_mc, mean_field_trajector
 __all__ += ["FixedPoint", "fixed_point", "gram_map", "gram_map_mc", "mean_field_trajectory"]
 
 # finite-width chains, spectra, Theorem 1 fits
-from normfield.gram.chain import ChainResult, gram_chain, simulate_chain, summarize_chain  # noqa: E402
+from normfield.gram.chain import ChainResult, simulate_chain  # noqa: E402
+from normfield.gram.measure import gram_chain, summarize_chain  # noqa: E402
 from normfield.gram.fit import SlopeFit, Theorem1Fit, fit_theorem1, loglog_slope  # noqa: E402
 from normfield.gram.spectra import (  # noqa: E402
     bulk_deviation,

@@ -1,7 +1,7 @@
 """Plotting helpers on top of the tidy chain DataFrames (matplotlib, Agg).
 
 Each helper draws on a given ``Axes`` (or a new figure) and returns it; the
-data come from :func:`normfield.gram.chain.summarize_chain` or from the
+data come from :func:`normfield.gram.measure.summarize_chain` or from the
 claims' tidy frames. Nothing here computes a result.
 """
 
@@ -45,7 +45,7 @@ def plot_depth_bands(
     """Mean and 5%–95% band of ``metric`` against layer (Joudaki et al. Figs. 1–2).
 
     Args:
-        summary: output of :func:`~normfield.gram.chain.summarize_chain`
+        summary: output of :func:`~normfield.gram.measure.summarize_chain`
             (columns layer, metric, mean, q05, q95).
         metric: e.g. ``"dist_fixed_point"``.
     """

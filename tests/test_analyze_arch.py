@@ -20,7 +20,7 @@ from torch import nn
 import normfield as nf
 from normfield.analyze._functional import ModelFunction, model_state_guard, pick_output, select_parameters
 from normfield.analyze.ntk import fisher_ntk
-from normfield.analyze.operator import math_kernels
+from normfield.core.jacobian import math_kernels
 from normfield.errors import NormfieldError
 
 DT = torch.float64
@@ -300,7 +300,7 @@ def test_unsupported_layer_names_the_module():
 
 def test_generic_gram_matvec_on_a_plain_function():
     """gram_matvec works on any θ-dict function (no nn.Module), with the double-VJP route too."""
-    from normfield.analyze.operator import gram_matvec
+    from normfield.core.jacobian import gram_matvec
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(5, 3, generator=g, dtype=DT)

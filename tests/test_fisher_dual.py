@@ -236,7 +236,7 @@ def test_wide_relu_matches_thm22_statistically():
 
 @pytest.mark.parametrize("norm", ["none", "last-bn", "middle-bn", "layer"])
 def test_matrix_free_route_matches_dense(norm):
-    # Lanczos on v ↦ J(Jᵀv)/T (ARPACK tol 1e-10) and the trace from chunked VJPs, against the
+    # Lanczos on v ↦ J(Jᵀv)/T (full reorthogonalisation, tol 1e-10) and the trace from chunked VJPs, against the
     # stored dual: eigenvalues to 1e-8 relative, trace to round-off.
     cfg, p, X = small_case(norm, "tanh", C=3, T=6)
     a = fisher_dual(p, X, cfg, k=3)

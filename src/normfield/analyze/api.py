@@ -14,7 +14,7 @@ from normfield.analyze._functional import ModelFunction, model_state_guard, sele
 from normfield.analyze.hooks import layer_gram_rows
 from normfield.analyze.cost import DEFAULT_TRACE_RTOL, default_tol, parse_budget
 from normfield.analyze.ntk import fisher_spectra
-from normfield.analyze.operator import ROUTES
+from normfield.core.jacobian import ROUTES
 from normfield.analyze.result import AnalysisResult
 from normfield.core.validation import (
     check_batch_for_norm,
@@ -176,7 +176,7 @@ def analyze(
         jvp: how Jacobian–vector products are formed: ``"auto"`` (forward
             mode, then the math attention/RNN kernels, then the double-VJP
             identity, whichever works first) or one of
-            :data:`normfield.analyze.operator.ROUTES`.
+            :data:`normfield.core.jacobian.ROUTES`.
         dense_max: largest T·C for the automatic dense route.
         chunk: Jacobian rows per vmapped product (default: ~128 MiB of rows).
         collapse_threshold: a layer is flagged ``collapsed`` when λ_1(G)/tr(G)

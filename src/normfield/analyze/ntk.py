@@ -24,7 +24,7 @@ costs nothing more.
 
 Two engines, both differentiating the whole batch at once (train-mode
 batch-norm couplings between samples are exact), on the products of
-:class:`normfield.analyze.operator.JacobianOperator`:
+:class:`normfield.core.jacobian.JacobianOperator`:
 
 * ``dense``: rows of J in chunks (vmapped VJPs), then J J_chunkᵀ (vmapped
   JVPs): F* exactly, memory chunk × P + (T·C)², never the whole J.
@@ -44,7 +44,7 @@ import torch
 
 from normfield.analyze._functional import ModelFunction
 from normfield.analyze.cost import DEFAULT_TRACE_RTOL, ProductMeter, default_tol, parse_budget
-from normfield.analyze.operator import JacobianOperator
+from normfield.core.jacobian import JacobianOperator
 from normfield.analyze.spectrum import FisherSpectrum
 from normfield.core import krylov
 from normfield.core.validation import check_choice, check_int, check_memory
@@ -214,7 +214,7 @@ def fisher_spectra(
         budget: products (int) or seconds (``"30s"``) for the whole call; when it runs out the
             answers so far are returned with ``converged=False`` and their error estimates.
         progress: a progress bar in products.
-        jvp: product route, ``"auto"`` or one of :data:`normfield.analyze.operator.ROUTES`.
+        jvp: product route, ``"auto"`` or one of :data:`normfield.core.jacobian.ROUTES`.
 
     Returns:
         (the main :class:`FisherSpectrum`, {variant: FisherSpectrum}).

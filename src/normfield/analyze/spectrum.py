@@ -29,7 +29,7 @@ class FisherSpectrum:
             route), shape (k,); ``None`` on the dense route (exact to round-off).
         converged: every eigenvalue reached the requested tolerance (False when a
             budget or the step limit ended the iteration first).
-        route: how the Jacobian products were formed (:data:`normfield.analyze.operator.ROUTES`).
+        route: how the Jacobian products were formed (:data:`normfield.core.jacobian.ROUTES`).
         stopped: why Lanczos ended (``converged``, ``invariant``, ``max_steps``, ``budget``; ``""`` if dense).
         method: ``"dense"`` or ``"lanczos"`` (+ how the trace was obtained).
         products: Jacobian products used (one VJP or one JVP each).

@@ -1,6 +1,6 @@
 """The matrix-free route: the FIM's spectrum without storing the CT × CT dual.
 
-Lanczos (:func:`normfield.core.linalg.top_eigenpairs`) on ``v ↦ J(Jᵀv)/T`` — one full-batch
+Lanczos (:func:`normfield.core.krylov.top_eigenpairs`) on ``v ↦ J(Jᵀv)/T`` — one full-batch
 VJP and one JVP per product — and the exact trace ``tr F* = Σ_n ‖∇θ f_n‖²/T`` from chunked
 VJPs (Karakida et al. 2019, (S.1)–(S.3)).  Memory ``O(P + L·T·M + chunk·(T·M + M²))``, never
 ``O((CT)²)``; any placement.
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from normfield.core.linalg import top_eigenpairs
+from normfield.core.jacobian import gram_matvec
+from normfield.core.krylov import lanczos
 from normfield.core.validation import check_memory
 from normfield.errors import NormfieldError
 from normfield.fisher.dual_general import _general_chunk
@@ -31,24 +32,24 @@ def _matrix_free(params: Params, X: torch.Tensor, config: MLPConfig, *, k: int, 
     """λ's of ``F*`` by Lanczos on ``v ↦ J(Jᵀv)/T`` (one VJP + one JVP of the full
     batch per product) and the exact trace ``Σ_n ‖∇θ f_n‖²/T`` from chunked VJPs; memory
     O(P + L·T·M + chunk·(T·M + M²)), never O((CT)²)."""
-    from torch.func import jvp, vjp, vmap
+    from torch.func import vjp, vmap
 
     T = X.shape[0]
     n = config.outputs * T
-    flat = tuple(p for Wb in params for p in Wb)
+    names = [f"{kind}{l}" for l in range(len(params)) for kind in ("W", "b")]
+    theta = {name: p for name, p in zip(names, (p for Wb in params for p in Wb))}
 
-    def f(*ps: torch.Tensor) -> torch.Tensor:
-        pr = [(ps[2 * i], ps[2 * i + 1]) for i in range(len(ps) // 2)]
+    def f(th: dict[str, torch.Tensor]) -> torch.Tensor:
+        pr = [(th[f"W{l}"], th[f"b{l}"]) for l in range(len(params))]
         return _forward(pr, X, config).T.reshape(-1)
 
-    _, vjp_fn = vjp(f, *flat)
+    _, gram, _op = gram_matvec(f, theta, scale=1.0 / T)
 
     def matvec(v: np.ndarray) -> np.ndarray:
         vt = torch.as_tensor(np.ascontiguousarray(v), dtype=X.dtype, device=X.device)
-        _, out = jvp(f, flat, vjp_fn(vt))
-        return (out / T).detach().cpu().double().numpy()
+        return gram(vt).detach().cpu().double().numpy()
 
-    res = top_eigenpairs(matvec, n, min(k, n), seed=seed, vectors=vectors, tol=1e-10)
+    res = lanczos(matvec, n, min(k, n), tol=1e-10, seed=seed)
     # exact trace: ∂f_n/∂W^l = D^nᵀ H_{l-1}, ∂f_n/∂b^l = D^nᵀ 1 with D^n = ∂f_n/∂U^l (T × M_l)
     sizes = config.layer_sizes
     cache: dict = {}
@@ -69,7 +70,7 @@ def _matrix_free(params: Params, X: torch.Tensor, config: MLPConfig, *, k: int, 
         cot[torch.arange(b), torch.arange(i0, i0 + b)] = 1.0
         for D, Bl in zip(vmap(vjp_E)(cot), Bs):
             trace += float((torch.matmul(D.transpose(1, 2), Bl) ** 2).sum())
-    return trace / T, res.eigenvalues, res.eigenvectors, {"matvecs": res.matvecs}
+    return trace / T, res.eigenvalues, res.eigenvectors if vectors else None, {"matvecs": res.products}
 
 
 def _fisher_matrix_free(params: Params, X: torch.Tensor, config: MLPConfig, *, k: int, vectors: bool, seed: int,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normfield.core.linalg import top_eigenpairs
+from normfield.core.krylov import top_eigenpairs
 from normfield.errors import NormfieldError
 from normfield.fisher.networks import MLPConfig
 
@@ -84,7 +84,7 @@ def _spectrum(Fn: np.ndarray, k: int, eig: str, seed: int, vectors: bool = True)
     """Top-``k`` eigenpairs of the symmetric PSD ``Fn``, largest first.
 
     Dense: ``torch.linalg.eigh``/``eigvalsh`` (LAPACK through torch's thread pool).  Lanczos:
-    ARPACK through :func:`normfield.core.linalg.top_eigenpairs` with torch matrix-vector products.
+    ARPACK through :func:`normfield.core.krylov.top_eigenpairs` with torch matrix-vector products.
     """
     n = Fn.shape[0]
     k = min(k, n)

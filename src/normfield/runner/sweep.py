@@ -20,14 +20,16 @@ cores: starting a pool of spawned workers costs 2.5-3 s of CPU per worker
 * one thread per cell pinned (``threads >= 1``), ``device="cpu"``, at least 2
   usable CPUs and at least 2 cells to compute, else the cells run in this process;
 * before the pool exists, cells run here one by one; once, from the second cell
-  on, the fastest cell so far times the cells left exceeds :data:`POOL_START_S`
-  (the start-up cost of one worker; the first cell is not trusted alone, it often
-  pays one-time imports), the pool is started in the background and reused by
-  every later sweep;
-* with a pool, this process keeps running cells from the end of the list while the
-  workers take them from the front (at most two queued per ready worker), so a
-  sweep never waits idle for workers that are still starting and a tiny sweep is
-  done here before a worker has unpickled its first cell.
+  on, the latest cell's time times the cells left, or the time the sweep has
+  taken so far, exceeds :data:`POOL_START_S` (the start-up cost of one worker; the
+  first cell is not trusted alone, it often pays one-time imports), the pool is
+  started in the background and reused by every later sweep;
+* while the pool's workers are starting, this process keeps running cells from the
+  end of the list and the workers that are ready take them from the front (at most
+  two queued per ready worker), so a sweep never waits idle for workers that are
+  still starting; once every worker is up, the workers alone run the cells (one
+  process per usable CPU: a third process on two CPUs measured slower, not faster,
+  on memory-heavy cells).
 
 Results are the same as in-process, bit for bit: every cell runs with the same
 pinned thread count wherever it runs, and rows are assembled in cell order.
@@ -267,18 +269,19 @@ def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
     pending = deque(todo)
     pool = _pool_started(n, threads) if n else None
     if pool is None:
-        fastest = float("inf")
+        start = time.perf_counter()
         done = 0
         while pending:
             i = pending.popleft()
             t0 = time.perf_counter()
             store(i, _run_cell(fn, full[i], threads))
             bar.update(1)
-            fastest = min(fastest, time.perf_counter() - t0)
+            now = time.perf_counter()
             done += 1
-            # from the second cell on (the first one often pays one-time imports), the fastest cell so far
-            # times the cells left is the serial work a pool would share
-            if n and pending and done >= 2 and fastest * len(pending) > POOL_START_S:
+            # from the second cell on (the first one often pays one-time imports): the latest cell times
+            # the cells left (grids often grow in size along the list), or the time this sweep has already
+            # taken, is the serial work a pool would share
+            if n and pending and done >= 2 and max((now - t0) * len(pending), now - start) > POOL_START_S:
                 pool = _process_pool(n, threads, start=True)
                 break
         if not pending:
@@ -298,12 +301,12 @@ def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
             failed = [f for f in finished if f in futs]
             if failed:
                 failed[0].result()  # re-raises the cell's exception
-            if pending:  # this process takes a cell from the end while the workers take the front
+            if pending and ready < pool.n:  # while workers start, this process takes cells from the end
                 i = pending.pop()
                 store(i, _run_cell(fn, full[i], threads))
                 bar.update(1)
             elif futs and not finished:
-                wait(list(futs), return_when=FIRST_COMPLETED)
+                wait(list(futs), timeout=None if ready == pool.n else 0.05, return_when=FIRST_COMPLETED)
     except BrokenProcessPool:
         raise NormfieldError(
             "--workers: a pool process died (killed or out of memory); the cells finished so far are cached; "

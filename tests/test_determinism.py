@@ -55,6 +55,5 @@ def test_same_numbers_in_a_process_pool(reference):
 
 
 def test_same_numbers_on_dask_workers(reference):
-    pytest.importorskip("distributed")
     dask = run_sweep(mc_kernel_cell, CELLS, name="det", progress=False, dask_local=2)
     pd.testing.assert_frame_equal(reference, dask, check_exact=True)

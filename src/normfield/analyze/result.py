@@ -104,7 +104,7 @@ class AnalysisResult:
                     w["m_lambda_ratio"] = v.m_lambda / self.fisher.m_lambda if self.fisher.m_lambda else None
                 d["what_if"][k] = w
         d["settings"] = dict(self.settings)
-        from normfield.report.writer import jsonable  # strict JSON: inf -> "inf"
+        from normfield.jsonable import jsonable  # strict JSON: inf -> "inf"
 
         return jsonable(d)
 

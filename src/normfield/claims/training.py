@@ -88,7 +88,7 @@ def j_fig6(ctx: ClaimContext) -> ClaimResult:
     last = int(metrics["epoch"].max())
     spread = {f"{'BN' if bn else 'noBN'}_epoch{ep}": _val(metrics, bn, ep, "log_eig_std")
               for bn in (True, False) for ep in (0, last)}
-    ok = spread[f"BN_epoch0"] < spread["noBN_epoch0"] and spread[f"BN_epoch{last}"] < spread[f"noBN_epoch{last}"]
+    ok = spread["BN_epoch0"] < spread["noBN_epoch0"] and spread[f"BN_epoch{last}"] < spread[f"noBN_epoch{last}"]
     fig = plot_gram_spectra(eig, ctx.figure_path("J-fig6_gram_spectra"))
     per_epoch = metrics[["batchnorm", "epoch", "log_eig_std"]].dropna()
     return _bn_result(

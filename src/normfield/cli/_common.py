@@ -47,7 +47,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None =
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], render: Callable[[dict], str]) -> None:
     """Print ``payload`` as JSON (``--json``) or through ``render``."""
-    from normfield.report.writer import jsonable
+    from normfield.jsonable import jsonable
 
     if getattr(args, "json", False):
         print(json.dumps(jsonable(payload)))

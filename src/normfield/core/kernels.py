@@ -18,7 +18,6 @@ through :mod:`normfield.core.gaussian` (~1e-15).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

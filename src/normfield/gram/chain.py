@@ -324,7 +324,7 @@ def simulate_chain(
     state_bytes = 6.0 * chunk * per_seed * itemsize
     if engine == "explicit":
         check_memory("explicit engine (one d×d weight matrix W_l)", float(d) * d * itemsize + state_bytes,
-                     hint=f"use engine='fast' (--engine fast): exact in law with O(d·n) memory")
+                     hint="use engine='fast' (--engine fast): exact in law with O(d·n) memory")
     else:
         check_memory("fast engine state (seeds × d × n)", state_bytes, hint="lower width or use dtype float32")
     gens = _sources(seed, S, device)

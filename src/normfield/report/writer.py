@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 import platform
 import re
@@ -30,36 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from normfield.jsonable import jsonable  # re-exported: the report writers use it
+
 __all__ = ["write_report", "load_comparison", "jsonable", "environment", "atomic_write"]
 
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-
-
-def jsonable(x: Any) -> Any:
-    """Convert numpy/pandas/paths to plain JSON; non-finite floats become strings."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else str(v)
-    if isinstance(x, Path):
-        return str(x)
-    if hasattr(x, "to_dict") and callable(x.to_dict):
-        try:
-            return jsonable(x.to_dict())
-        except Exception:  # noqa: BLE001 - fall through to str
-            pass
-    if x is None or isinstance(x, (str, int)):
-        return x
-    return str(x)
 
 
 def environment(device: str = "cpu") -> dict[str, Any]:

@@ -98,6 +98,10 @@ def slq_density(matvec, n: int, *, probes: int = 4, steps: int = 30, seed: int =
     return krylov.slq(matvec, n, probes=probes, steps=steps, seed=seed)
 
 
+#: Hutchinson probes per batched VJP at most (one vmapped backward for the block).
+PROBE_BLOCK = 16
+
+
 def _chunk_size(P: int, n: int, itemsize: int, chunk: int | None) -> int:
     if chunk is not None:
         return check_int("chunk", chunk, minimum=1)
@@ -311,14 +315,21 @@ def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, mai
         if tr > 0 and se <= trace_rtol * tr:
             return tr, se, "trace of F* minus its mean part"
 
-    def quad(z: np.ndarray) -> float:
-        zt = torch.as_tensor(z, dtype=op.out.dtype, device=op.out.device)
-        return op.sq_norm_vjp(center_outputs(zt, T) if cen else zt)
+    def quad_block(Z: np.ndarray) -> np.ndarray:
+        Zt = torch.as_tensor(Z, dtype=op.out.dtype, device=op.out.device)
+        if cen:
+            W = Zt.reshape(len(Z), T, C)
+            Zt = (W - W.mean(1, keepdim=True)).reshape(len(Z), n)  # Π z for each row
+        return op.sq_norm_vjp_batched(Zt)
 
     fixed = probes is not None
-    est = krylov.deflated_trace(quad, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
-                                min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
-                                seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n)
+    block = min(PROBE_BLOCK, _chunk_size(sum(v.numel() for v in op.theta.values()), n, op.out.element_size(), None))
+    left = meter.remaining()
+    if meter.exhausted or (left is not None and left < block):  # a budget: probe by probe, as few as it allows
+        block = 1
+    est = krylov.deflated_trace_blocked(quad_block, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
+                                        min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
+                                        block=block, seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n)
     if est.method.endswith("(capped)") and not meter.stop():
         # the estimator would need more probes than T·C: the exact trace is cheaper
         tr = (main_trace[0] if main_trace is not None and main_trace[2] else _exact_trace(op, None))

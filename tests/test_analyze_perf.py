@@ -67,3 +67,8 @@ def test_blocked_hutchinson_trace_against_the_dense_dual(what_if):
             assert f.trace_stderr <= 0.005 * f.trace * (1 + 1e-12)
             assert abs(f.trace - d.trace) <= 4 * f.trace_stderr
         assert f.lambda_max == pytest.approx(d.lambda_max, rel=1e-8)
+    if what_if and h.fisher.trace_stderr > 0:
+        # the main estimate was brought to rtol of tr F̄*, so F̄*'s trace costs only the C mean-part VJPs
+        w = h.what_if["last-mean"]
+        assert "minus its mean part" in w.method
+        assert w.trace_stderr == h.fisher.trace_stderr

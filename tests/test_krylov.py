@@ -179,3 +179,17 @@ def test_blocked_deflated_trace_without_basis_is_unbiased():
                                    max_probes=16, block=8, seed=s).value for s in range(200)]
     # each estimate has variance 2‖A‖_F²/16 minus the diagonal part; their mean is within 4 of its standard errors
     assert abs(np.mean(vals) - np.trace(A)) <= 4 * np.std(vals, ddof=1) / math.sqrt(len(vals))
+
+
+def test_blocked_deflated_trace_offset_targets_the_shifted_trace():
+    """With offset c, the standard error reaches rtol·(tr A − c) and tr A − c is within 4 of them (dense check)."""
+    A = _mp_spikes(n=300, seed=6)
+    exact = float(np.trace(A))
+    c = 0.6 * exact
+    est = deflated_trace_blocked(lambda Z: np.einsum("bi,ij,bj->b", Z, A, Z), 300, None, 0.0, rtol=0.01, block=8,
+                                 seed=1, max_probes=100_000, offset=c)
+    plain = deflated_trace_blocked(lambda Z: np.einsum("bi,ij,bj->b", Z, A, Z), 300, None, 0.0, rtol=0.01, block=8,
+                                   seed=1, max_probes=100_000)
+    assert est.stderr <= 0.01 * (est.value - c)
+    assert abs(est.value - exact) <= 4 * est.stderr
+    assert est.probes > plain.probes

@@ -286,8 +286,13 @@ def fisher_spectra(
                     tr -= mean_part
                 how = "exact trace"
             else:
+                offset = 0.0
+                if not cen and probes is None and any(want[v] for v in variants) and not meter.exhausted:
+                    # tr F̄* = tr F* − (C VJPs): aim the main estimate's standard error at rtol·tr F̄*
+                    mean_part = _mean_part(op, T, C) if mean_part is None else mean_part
+                    offset = mean_part
                 tr, se, how = _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter,
-                                                main_trace, mean_part)
+                                                main_trace, mean_part, offset)
                 if not cen:
                     main_trace = (tr, se, se == 0.0)
             dn = dw = None
@@ -306,7 +311,7 @@ def fisher_spectra(
     return results.pop("main"), results
 
 
-def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part):
+def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part, offset=0.0):
     """tr of F* (or Π F* Π) by deflated Hutchinson on the Lanczos basis; for Π F* Π, first try
     tr F* − Σ_k ‖Jᵀu_k‖²/T from the main estimate (C VJPs) and keep it if precise enough."""
     if cen and main_trace is not None and probes is None:
@@ -329,7 +334,8 @@ def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, mai
         block = 1
     est = krylov.deflated_trace_blocked(quad_block, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
                                         min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
-                                        block=block, seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n)
+                                        block=block, seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n,
+                                        offset=0.0 if cen else offset)
     if est.method.endswith("(capped)") and not meter.stop():
         # the estimator would need more probes than T·C: the exact trace is cheaper
         tr = (main_trace[0] if main_trace is not None and main_trace[2] else _exact_trace(op, None))

@@ -325,6 +325,7 @@ def deflated_trace_blocked(
     seed: int = 0,
     stop: Stop = None,
     cost_cap: int | None = None,
+    offset: float = 0.0,
 ) -> TraceEstimate:
     """:func:`deflated_trace` with the probes evaluated in blocks (one batched quadratic form per block).
 
@@ -340,6 +341,9 @@ def deflated_trace_blocked(
     Args:
         quad_block: Z (b, n) -> (zᵢᵀ A zᵢ)ᵢ, shape (b,).
         block: probes per call of ``quad_block`` at most.
+        offset: a known quantity c that will be subtracted from the estimate: probes are added
+            until the standard error is <= rtol·|estimate − c| (for c = 0 the rule of
+            :func:`deflated_trace`), so that tr(A) − c gets the requested relative precision too.
         (the rest as in :func:`deflated_trace`)
 
     Returns:
@@ -359,7 +363,7 @@ def deflated_trace_blocked(
         return Z
 
     def finished() -> bool:
-        return len(vals) >= min_probes and se <= rtol * abs(trace_in_basis + float(np.mean(vals)))
+        return len(vals) >= min_probes and se <= rtol * abs(trace_in_basis + float(np.mean(vals)) - offset)
 
     while len(vals) < max_probes:
         if stop is not None and len(vals) >= 2 and stop():
@@ -368,7 +372,7 @@ def deflated_trace_blocked(
         if m < min_probes:
             b = min(block, min_probes - m) if block > 1 else 1
         else:
-            est = trace_in_basis + float(np.mean(vals))
+            est = trace_in_basis + float(np.mean(vals)) - offset
             sd = float(np.std(vals, ddof=1))
             need = math.ceil((sd / (rtol * abs(est))) ** 2) if est != 0 else max_probes
             b = int(min(block, max(1, need - m)))
@@ -383,7 +387,7 @@ def deflated_trace_blocked(
                     break
                 if cost_cap is not None and len(vals) == min_probes:
                     est = trace_in_basis + float(np.mean(vals))
-                    if est != 0 and (float(np.std(vals, ddof=1)) / (rtol * abs(est))) ** 2 > cost_cap:
+                    if est != offset and (float(np.std(vals, ddof=1)) / (rtol * abs(est - offset))) ** 2 > cost_cap:
                         return TraceEstimate(est, se, len(vals), len(vals), "deflated hutchinson (capped)")
         if finished():
             break

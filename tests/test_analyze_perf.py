@@ -57,14 +57,14 @@ def test_sq_norm_vjp_batched_matches_brute_force_and_the_single_product():
 def test_blocked_hutchinson_trace_against_the_dense_dual(what_if):
     model, x = _model(), _x(T=200)
     dense = nf.analyze(model, x, method="dense", k=2, layers="none", what_if=what_if or None, dense_max=10_000)
-    h = nf.analyze(model, x, method="lanczos", k=2, layers="none", trace="hutchinson", seed=4,
+    h = nf.analyze(model, x, method="lanczos", k=2, layers="none", trace="hutchinson", seed=4, trace_rtol=0.02,
                    what_if=what_if or None)
     pairs = [(h.fisher, dense.fisher)] + ([(h.what_if["last-mean"], dense.what_if["last-mean"])] if what_if else [])
     for f, d in pairs:
         if f.trace_stderr == 0:  # the estimator would need more probes than T·C: exact instead
             assert f.trace == pytest.approx(d.trace, rel=1e-10)
         else:
-            assert f.trace_stderr <= 0.005 * f.trace * (1 + 1e-12)
+            assert f.trace_stderr <= 0.02 * f.trace * (1 + 1e-12)
             assert abs(f.trace - d.trace) <= 4 * f.trace_stderr
         assert f.lambda_max == pytest.approx(d.lambda_max, rel=1e-8)
     if what_if and h.fisher.trace_stderr > 0:

@@ -329,22 +329,16 @@ def deflated_trace_blocked(
 ) -> TraceEstimate:
     """:func:`deflated_trace` with the probes evaluated in blocks (one batched quadratic form per block).
 
-    The estimator is the same (Hutchinson 1990 on the complement of Q, Meyer et al. 2021, §3):
-    the same Rademacher probes in the same order, the same standard error
-    (sample standard deviation / √probes) and stopping rule, checked after each
-    block. The first block has ``min_probes`` probes; each later block has as many
-    as the current standard error predicts are still needed, (s/(rtol·est))² − m,
-    clipped to [1, ``block``], so the result overshoots the sequential stop by
-    at most what the prediction misses. With ``block=1`` it draws the same
-    probes and stops after the same number as :func:`deflated_trace`.
+    Same estimator (Hutchinson 1990 on the complement of Q, Meyer et al. 2021, §3), same probes in the
+    same order, same stopping rule, checked after each block. The first block has ``min_probes`` probes,
+    each later one the (s/(rtol·est))² − m probes the standard error predicts, clipped to [1, ``block``].
+    With ``block=1`` it stops after the same number of probes as :func:`deflated_trace`.
 
     Args:
-        quad_block: Z (b, n) -> (zᵢᵀ A zᵢ)ᵢ, shape (b,).
-        block: probes per call of ``quad_block`` at most.
-        offset: a known quantity c that will be subtracted from the estimate: probes are added
-            until the standard error is <= rtol·|estimate − c| (for c = 0 the rule of
-            :func:`deflated_trace`), so that tr(A) − c gets the requested relative precision too.
-        (the rest as in :func:`deflated_trace`)
+        quad_block: Z (b, n) -> (zᵢᵀ A zᵢ)ᵢ, shape (b,); ``block``: b at most.
+        offset: a known c to be subtracted: probes are added until the standard error is
+            <= rtol·|estimate − c|, so tr(A) − c gets the requested precision (c = 0: as
+            :func:`deflated_trace`). The rest as in :func:`deflated_trace`.
 
     Returns:
         :class:`TraceEstimate` (``products`` counts probes).
@@ -358,9 +352,7 @@ def deflated_trace_blocked(
 
     def draw(b: int) -> np.ndarray:
         Z = np.stack([_rademacher(rng, n) for _ in range(b)])
-        if basis is not None and len(basis):
-            Z = Z - (Z @ basis.T) @ basis
-        return Z
+        return Z - (Z @ basis.T) @ basis if basis is not None and len(basis) else Z
 
     def finished() -> bool:
         return len(vals) >= min_probes and se <= rtol * abs(trace_in_basis + float(np.mean(vals)) - offset)
@@ -370,27 +362,21 @@ def deflated_trace_blocked(
             break
         m = len(vals)
         if m < min_probes:
-            b = min(block, min_probes - m) if block > 1 else 1
+            b = min(block, min_probes - m)
         else:
             est = trace_in_basis + float(np.mean(vals)) - offset
             sd = float(np.std(vals, ddof=1))
             need = math.ceil((sd / (rtol * abs(est))) ** 2) if est != 0 else max_probes
             b = int(min(block, max(1, need - m)))
         b = min(b, max_probes - m)
-        out = np.asarray(quad_block(draw(b)), dtype=float).reshape(b)
-        for i in range(b):  # the sequential rule, probe by probe, on this block's values
-            vals.append(float(out[i]))
-            if len(vals) >= 2:
-                se = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
-            if block == 1 or i == b - 1:
-                if finished():
-                    break
-                if cost_cap is not None and len(vals) == min_probes:
-                    est = trace_in_basis + float(np.mean(vals))
-                    if est != offset and (float(np.std(vals, ddof=1)) / (rtol * abs(est - offset))) ** 2 > cost_cap:
-                        return TraceEstimate(est, se, len(vals), len(vals), "deflated hutchinson (capped)")
+        vals.extend(float(v) for v in np.asarray(quad_block(draw(b)), dtype=float).reshape(b))
+        se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) >= 2 else math.inf
         if finished():
             break
+        est = trace_in_basis + float(np.mean(vals))
+        if cost_cap is not None and len(vals) == min_probes and est != offset and (
+                float(np.std(vals, ddof=1)) / (rtol * abs(est - offset))) ** 2 > cost_cap:
+            return TraceEstimate(est, se, len(vals), len(vals), "deflated hutchinson (capped)")
     est = trace_in_basis + (float(np.mean(vals)) if vals else 0.0)
     return TraceEstimate(est, se if len(vals) >= 2 else math.inf, len(vals), len(vals), "deflated hutchinson")
 

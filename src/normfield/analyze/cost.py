@@ -11,6 +11,13 @@ steps:
 * tr F* to ±1 %: the standard error of the stochastic estimate is brought to
   0.5 % (:data:`DEFAULT_TRACE_RTOL`), so ±1 % is two standard errors; the
   trace is exact instead when that is cheaper (T·C VJPs <= the Lanczos run).
+  Hutchinson probes are quadratic forms ‖Jᵀz‖² (one VJP each, no JVP),
+  evaluated in blocks of up to 16 by one batched VJP; with
+  ``what_if="last-mean"`` the estimate of tr F* is brought to 0.5 % of
+  tr F̄* = tr F* − Σ_k ‖Jᵀu_k‖²/T, so the projected trace costs C VJPs more.
+  Products are counted per vector (a batched VJP of b rows counts b): on a
+  compute-bound CPU a batched row costs about as much as a single VJP, on
+  small (overhead-bound) models and GPUs much less.
 """
 
 from __future__ import annotations

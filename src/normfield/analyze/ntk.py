@@ -98,6 +98,10 @@ def slq_density(matvec, n: int, *, probes: int = 4, steps: int = 30, seed: int =
     return krylov.slq(matvec, n, probes=probes, steps=steps, seed=seed)
 
 
+#: Hutchinson probes per batched VJP at most (one vmapped backward for the block).
+PROBE_BLOCK = 16
+
+
 def _chunk_size(P: int, n: int, itemsize: int, chunk: int | None) -> int:
     if chunk is not None:
         return check_int("chunk", chunk, minimum=1)
@@ -282,8 +286,13 @@ def fisher_spectra(
                     tr -= mean_part
                 how = "exact trace"
             else:
+                offset = 0.0
+                if not cen and probes is None and any(want[v] for v in variants) and not meter.exhausted:
+                    # tr F̄* = tr F* − (C VJPs): aim the main estimate's standard error at rtol·tr F̄*
+                    mean_part = _mean_part(op, T, C) if mean_part is None else mean_part
+                    offset = mean_part
                 tr, se, how = _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter,
-                                                main_trace, mean_part)
+                                                main_trace, mean_part, offset)
                 if not cen:
                     main_trace = (tr, se, se == 0.0)
             dn = dw = None
@@ -302,7 +311,7 @@ def fisher_spectra(
     return results.pop("main"), results
 
 
-def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part):
+def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part, offset=0.0):
     """tr of F* (or Π F* Π) by deflated Hutchinson on the Lanczos basis; for Π F* Π, first try
     tr F* − Σ_k ‖Jᵀu_k‖²/T from the main estimate (C VJPs) and keep it if precise enough."""
     if cen and main_trace is not None and probes is None:
@@ -311,14 +320,22 @@ def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, mai
         if tr > 0 and se <= trace_rtol * tr:
             return tr, se, "trace of F* minus its mean part"
 
-    def quad(z: np.ndarray) -> float:
-        zt = torch.as_tensor(z, dtype=op.out.dtype, device=op.out.device)
-        return op.sq_norm_vjp(center_outputs(zt, T) if cen else zt)
+    def quad_block(Z: np.ndarray) -> np.ndarray:
+        Zt = torch.as_tensor(Z, dtype=op.out.dtype, device=op.out.device)
+        if cen:
+            W = Zt.reshape(len(Z), T, C)
+            Zt = (W - W.mean(1, keepdim=True)).reshape(len(Z), n)  # Π z for each row
+        return op.sq_norm_vjp_batched(Zt)
 
     fixed = probes is not None
-    est = krylov.deflated_trace(quad, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
-                                min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
-                                seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n)
+    block = min(PROBE_BLOCK, _chunk_size(sum(v.numel() for v in op.theta.values()), n, op.out.element_size(), None))
+    left = meter.remaining()
+    if meter.exhausted or (left is not None and left < block):  # a budget: probe by probe, as few as it allows
+        block = 1
+    est = krylov.deflated_trace_blocked(quad_block, n, lz.basis, float(np.sum(lz.alpha)), rtol=trace_rtol,
+                                        min_probes=probes if fixed else 8, max_probes=probes if fixed else max(8, n),
+                                        block=block, seed=seed + 1, stop=meter.stop, cost_cap=None if fixed else n,
+                                        offset=0.0 if cen else offset)
     if est.method.endswith("(capped)") and not meter.stop():
         # the estimator would need more probes than T·C: the exact trace is cheaper
         tr = (main_trace[0] if main_trace is not None and main_trace[2] else _exact_trace(op, None))

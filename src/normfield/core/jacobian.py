@@ -34,6 +34,7 @@ import contextlib
 import math
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -249,6 +250,14 @@ class JacobianOperator:
         with torch.no_grad():
             g = self.vjp(u)
         return self.scale * float(sum(x.double().pow(2).sum() for x in g.values()))
+
+    def sq_norm_vjp_batched(self, U: torch.Tensor) -> np.ndarray:
+        """(s·‖Jᵀu_i‖²)_i (float64 numpy, shape (m,)) for U of shape (m, n): one batched VJP of m rows."""
+        with torch.no_grad():
+            G = self.vjp_batched(U)
+        m = int(U.shape[0])
+        tot = sum(g.reshape(m, -1).double().pow(2).sum(1) for g in G.values())
+        return (self.scale * tot).cpu().numpy()
 
     # -- errors --------------------------------------------------------------------
     def _unsupported(self, t: Params, err: Exception | None) -> NormfieldError:

@@ -159,34 +159,6 @@ def _noop() -> None:  # pragma: no cover - runs in pool processes
     return None
 
 
-def _assemble(cells: list[dict], frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate the cells' rows in cell order and add each cell's scalar settings as columns.
-
-    A column returned by ``fn`` wins over a setting of the same name; a setting
-    absent from some cells is missing (None/NaN) in their rows; list/dict settings
-    are not turned into columns.
-    """
-    if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    lengths = [len(f) for f in frames]
-    keys: list[str] = []
-    for c in cells:
-        for k, v in c.items():
-            if k not in keys and k not in df.columns and not isinstance(v, (list, tuple, dict)):
-                keys.append(k)
-    if not keys:
-        return df
-    cols: dict[str, list] = {}
-    for k in keys:
-        vals: list = []
-        for c, n in zip(cells, lengths):
-            v = c.get(k)
-            vals.extend([None if isinstance(v, (list, tuple, dict)) else v] * n)
-        cols[k] = vals
-    return pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
-
-
 # -- validation --------------------------------------------------------------
 def _resolve_executor(
     executor: str | None, scheduler: str | None, dask_local: int | None, workers: int | None

@@ -212,17 +212,37 @@ def test_dual_matches_brute_force(name):
     assert np.max(np.abs(res.dual - ref)) <= 1e-10 * np.max(np.abs(ref))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running stats untouched
     if name.startswith(("transformer", "vit")):
-        assert res.route == "forward-math"  # fused attention has no forward-mode rule on CPU
+        assert res.route in ("forward-math", "linearize-math")  # fused attention: no forward-mode rule on CPU
 
 
 @pytest.mark.parametrize("name,other", [("lstm", "double-vjp"), ("gru", "double-vjp"), ("bn2d", "double-vjp"),
-                                        ("transformer-pre-norm", "double-vjp-math"), ("vit", "double-vjp-math")])
+                                        ("transformer-pre-norm", "double-vjp-math"), ("vit", "double-vjp-math"),
+                                        ("bn2d", "linearize"), ("vit", "linearize-math"),
+                                        ("embedding", "linearize"), ("tuple-output", "linearize"),
+                                        ("transformer-post-norm", "linearize-math"), ("bn3d", "linearize"),
+                                        ("layernorm-rmsnorm", "linearize"), ("tied-weights", "linearize")])
 def test_product_routes_agree(name, other):
     model, x = _make(name)
     a, _ = _dual(model, x)
     b, _ = _dual(model, x, jvp=other)
     assert b.route == other
     assert np.max(np.abs(a.dual - b.dual)) <= 1e-12 * np.max(np.abs(a.dual))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_a_wrong_trace_is_refused_by_name_and_avoided_by_auto(name):
+    """torch.func.linearize traces nn.LSTM/nn.GRU into a product that is right once and then off by
+    percents (their flattened weights are rebuilt in place): jvp='linearize' refuses it, and the auto
+    route stays on forward mode through a long Lanczos run, matching the brute-force dual."""
+    model, x = _make(name)
+    with pytest.raises(NormfieldError, match="traced product differs"):
+        _dual(model, x, jvp="linearize")
+    res = nf.analyze(model, x, method="lanczos", k=3, layers="none", tol=1e-10, trace="exact")
+    assert res.fisher.route == "forward" and res.fisher.products > 10
+    with model_state_guard(model):
+        names = select_parameters(model, None)
+    ref = np.linalg.eigvalsh(_brute_dual(model, x, names))[::-1]
+    assert np.allclose(res.eigenvalues, ref[:3], rtol=1e-8, atol=0)
 
 
 def test_math_kernel_gives_the_fused_kernel_numbers():
@@ -243,7 +263,7 @@ def test_transformer_lanczos_and_what_if_match_dense():
     assert np.allclose(lz.eigenvalues, d.eigenvalues, rtol=1e-7, atol=0)
     assert lz.what_if["last-mean"].lambda_max == pytest.approx(d.what_if["last-mean"].lambda_max, rel=1e-7)
     assert lz.what_if["last-mean"].trace == pytest.approx(d.what_if["last-mean"].trace, rel=1e-10)
-    assert lz.fisher.route == "forward-math"
+    assert lz.fisher.route == "linearize-math"  # a Lanczos run traces the product after a few JVPs
 
 
 def test_frozen_parameters_and_subsets():
@@ -316,7 +336,7 @@ def test_generic_gram_matvec_on_a_plain_function():
         n, mv, op = gram_matvec(f, theta, scale=1 / 5, route=route)
         F = torch.stack([mv(e) for e in torch.eye(n, dtype=DT)], 1)
         assert n == 10 and torch.allclose(F, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
-        assert op.route == ("forward" if route == "auto" else route) and op.products >= 2 * n
+        assert op.route == ("linearize" if route == "auto" else route) and op.products >= 2 * n  # n > TRACE_AFTER
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -64,8 +64,8 @@ class FisherSpectrum:
 
     @property
     def lambda_max_rel_error(self) -> float:
-        """Estimated relative error of ``lambda_max`` (0 on the dense route; see
-        :func:`normfield.core.krylov.ritz_errors`)."""
+        """Bound on the relative error of ``lambda_max``: its Ritz residual over λ_max (an eigenvalue
+        lies that close; 0 on the dense route; see :func:`normfield.core.krylov.lanczos`)."""
         if self.eigenvalue_errors is None or not len(self.eigenvalue_errors):
             return 0.0
         return float(self.eigenvalue_errors[0]) / max(abs(self.lambda_max), 1e-300)

@@ -3,9 +3,9 @@
 One module for every matrix-free spectral quantity the package computes:
 
 * :func:`lanczos` — the top-k eigenpairs by Lanczos with full
-  reorthogonalisation, stopped when every wanted Ritz value reaches a requested relative
-  accuracy (Kahan's residual bound and the Kato–Temple gap bound, Parlett, *The Symmetric Eigenvalue Problem*, Thms 11.5.1 and
-  11.7.1), counting the operator products;
+  reorthogonalisation, stopped when every wanted Ritz value has an eigenvalue within a
+  requested relative distance (Kahan's residual bound, Parlett, *The Symmetric
+  Eigenvalue Problem*, Thm 11.5.1), counting the operator products;
 * :func:`top_eigenpairs` — the same top-k by implicitly restarted Lanczos
   (ARPACK through ``scipy.sparse.linalg.eigsh``), whose restarts keep the memory
   at O(k·n) whatever the number of steps (the Fisher engine's large duals), and
@@ -52,7 +52,8 @@ class LanczosResult:
     Attributes:
         eigenvalues: shape (k,), largest first.
         eigenvectors: shape (n, k), orthonormal columns.
-        errors: shape (k,), error estimates of |θ_i − λ| for the nearest eigenvalue λ.
+        errors: shape (k,), residual norms r_i = ‖A y_i − θ_i y_i‖: an eigenvalue lies within r_i
+            of θ_i (the true error is usually far smaller, ≈ r_i²/gap, :func:`ritz_errors`).
         products: operator products used.
         converged: every wanted Ritz value reached ``errors <= tol·|θ_1|``.
         basis: the Lanczos basis Q, shape (m, n) (rows orthonormal).
@@ -93,15 +94,27 @@ def _tridiag(alpha, beta) -> np.ndarray:
 
 
 def ritz_errors(theta: np.ndarray, resid: np.ndarray) -> np.ndarray:
-    """Error estimates of Ritz values from their residual norms r_i.
+    """Error estimates of Ritz values from their residual norms r_i (sharper than r_i, not a bound).
+
+    Not used as a stopping rule: no estimate from the Krylov space sees an eigenvalue that
+    no Ritz value approximates yet, and the leading eigenvalues of a C-output network's
+    Fisher form such a cluster. Measured on a CIFAR ResNet-18 (batch 128, ten outliers within
+    0.5 %): after 3 Lanczos steps the top Ritz value sat 3.9e-3 below λ_max, alone above the
+    bulk, with r²/δ = 3.6e-6·λ_max, while its residual, 1.8e-3·λ_max, did bound the error.
 
     Each Ritz value θ_i has an eigenvalue within r_i (Kahan; Parlett Thm 11.5.1,
     a rigorous bound). If the rest of the spectrum is at distance >= δ_i from
     θ_i, the error is at most r_i²/δ_i (Kato–Temple; Parlett Thm 11.7.1). δ_i is
-    estimated by the distance to the nearest other Ritz value (Saad, *Numerical
-    Methods for Large Eigenvalue Problems*, §6.3.4); this is rigorous once the
-    neighbouring eigenvalue has itself converged, and slightly optimistic
-    before (interlacing puts θ_2 below λ_2).
+    estimated from the other Ritz values, each of which has an eigenvalue within its
+    own residual: δ_i = min_j (|θ_i − θ_j| − r_j) (Saad, *Numerical Methods for
+    Large Eigenvalue Problems*, §6.3.4, with the neighbours' uncertainty taken off).
+    Subtracting r_j matters for clustered leading eigenvalues (the C near-equal
+    outliers of a C-output network's Fisher, Karakida et al. 2019, §3): early in a
+    Lanczos run the cluster is represented by one Ritz value and the next Ritz value
+    is far away but unconverged, so the bare Ritz gap would promise an accuracy the
+    run has not reached. Where δ_i <= 0 the estimate is r_i. It is rigorous once
+    the neighbouring eigenvalues have been found; an eigenvalue no Ritz value
+    approximates yet is invisible to any estimate from the Krylov space.
 
     Args:
         theta: Ritz values, shape (m,).
@@ -115,7 +128,7 @@ def ritz_errors(theta: np.ndarray, resid: np.ndarray) -> np.ndarray:
     out = resid.copy()
     if len(theta) < 2:
         return out
-    d = np.abs(theta[:, None] - theta[None, :])
+    d = np.abs(theta[:, None] - theta[None, :]) - resid[None, :]
     np.fill_diagonal(d, np.inf)
     gap = d.min(axis=1)
     ok = gap > 0
@@ -140,8 +153,10 @@ def lanczos(
     the memory is max_steps·n·8 bytes (checked against ``NORMFIELD_MAX_BYTES``).
     Reorthogonalisation is done twice per step ("twice is enough", Parlett
     §6.9), so the basis stays orthonormal to round-off and no spurious copies
-    of converged eigenvalues appear. Stops when the error estimates of
-    :func:`ritz_errors` of the k wanted Ritz values are <= tol·|θ_1|.
+    of converged eigenvalues appear. Stops when the residual norms of the k wanted
+    Ritz pairs are <= tol·|θ_1|, so that each has an eigenvalue within tol·|θ_1|
+    (Kahan's bound, rigorous for every eigenvalue the Krylov space has found: see
+    :func:`ritz_errors` for why a gap-based estimate is not used to stop).
 
     Args:
         matvec: v (n,) float64 -> A v (n,).
@@ -186,7 +201,7 @@ def lanczos(
         b = float(np.linalg.norm(w))
         th, S = np.linalg.eigh(_tridiag(alpha, beta))
         th, S = th[::-1], S[:, ::-1]
-        err = ritz_errors(th, b * S[-1, :])
+        err = np.abs(b * S[-1, :])
         scale = max(abs(float(th[0])), 1e-300)
         if b <= 1e-14 * scale or m == n:
             err = np.zeros_like(err)

@@ -230,10 +230,14 @@ def test_product_routes_agree(name, other):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
-def test_a_wrong_trace_is_refused_by_name_and_avoided_by_auto(name):
+def test_a_wrong_trace_is_refused_by_name_and_avoided_by_auto(name, monkeypatch):
     """torch.func.linearize traces nn.LSTM/nn.GRU into a product that is right once and then off by
     percents (their flattened weights are rebuilt in place): jvp='linearize' refuses it, and the auto
-    route stays on forward mode through a long Lanczos run, matching the brute-force dual."""
+    route (size gate lifted, so it tries the trace) stays on forward mode through a long Lanczos run,
+    matching the brute-force dual."""
+    import normfield.core.jacobian as jac
+
+    monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
     model, x = _make(name)
     with pytest.raises(NormfieldError, match="traced product differs"):
         _dual(model, x, jvp="linearize")
@@ -256,14 +260,21 @@ def test_math_kernel_gives_the_fused_kernel_numbers():
     assert torch.allclose(y_fused, y_math, rtol=0, atol=1e-12 * float(y_fused.abs().max()))
 
 
-def test_transformer_lanczos_and_what_if_match_dense():
+@pytest.mark.parametrize("traced", [False, True])
+def test_transformer_lanczos_and_what_if_match_dense(traced, monkeypatch):
+    """Lanczos on the forward-mode product (a model this small is never traced) and, with the size
+    gate lifted, on the traced product after TRACE_AFTER JVPs: both match the dense dual."""
+    import normfield.core.jacobian as jac
+
+    if traced:
+        monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
     model, x = _make("vit")
-    d = nf.analyze(model, x, method="dense", layers="none", what_if="last-mean", k=3)
+    d = nf.analyze(model, x, method="dense", layers="none", what_if="last-mean", k=3, jvp="forward-math")
     lz = nf.analyze(model, x, method="lanczos", layers="none", what_if="last-mean", k=3, trace="exact")
     assert np.allclose(lz.eigenvalues, d.eigenvalues, rtol=1e-7, atol=0)
     assert lz.what_if["last-mean"].lambda_max == pytest.approx(d.what_if["last-mean"].lambda_max, rel=1e-7)
     assert lz.what_if["last-mean"].trace == pytest.approx(d.what_if["last-mean"].trace, rel=1e-10)
-    assert lz.fisher.route == "linearize-math"  # a Lanczos run traces the product after a few JVPs
+    assert lz.fisher.route == ("linearize-math" if traced else "forward-math")
 
 
 def test_frozen_parameters_and_subsets():
@@ -318,9 +329,15 @@ def test_unsupported_layer_names_the_module():
     assert nf.analyze(model, torch.randn(4, 3, dtype=DT), layers="none", parameters="2.*").lambda_max > 0
 
 
-def test_generic_gram_matvec_on_a_plain_function():
-    """gram_matvec works on any θ-dict function (no nn.Module), with the double-VJP route too."""
+@pytest.mark.parametrize("traced", [False, True])
+def test_generic_gram_matvec_on_a_plain_function(traced, monkeypatch):
+    """gram_matvec works on any θ-dict function (no nn.Module), with the double-VJP route too, and
+    with the traced product once the size gate is lifted (n = 10 > TRACE_AFTER products)."""
+    import normfield.core.jacobian as jac
     from normfield.core.jacobian import gram_matvec
+
+    if traced:
+        monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(5, 3, generator=g, dtype=DT)
@@ -336,7 +353,8 @@ def test_generic_gram_matvec_on_a_plain_function():
         n, mv, op = gram_matvec(f, theta, scale=1 / 5, route=route)
         F = torch.stack([mv(e) for e in torch.eye(n, dtype=DT)], 1)
         assert n == 10 and torch.allclose(F, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
-        assert op.route == ("linearize" if route == "auto" else route) and op.products >= 2 * n  # n > TRACE_AFTER
+        auto = "linearize" if traced else "forward"
+        assert op.route == (auto if route == "auto" else route) and op.products >= 2 * n
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -105,8 +105,11 @@ def _analyze_cell(cell: dict, **kw: Any):
 
 
 def _width_cell(cell: dict) -> list[dict]:
-    """One (width, variant, seed): λ_max, m_λ with and without last-layer mean subtraction."""
-    res = _analyze_cell(cell, what_if="last-mean", method="lanczos", k=1, tol=1e-6, trace="hutchinson",
+    """One (width, variant, seed): λ_max, m_λ with and without last-layer mean subtraction.
+
+    λ_max to a Ritz residual of 1e-4·λ_max (its true error is ≈ r²/gap, far smaller), against a
+    seed-to-seed spread of 30-40 %: more accuracy would not move the fitted slopes."""
+    res = _analyze_cell(cell, what_if="last-mean", method="lanczos", k=1, tol=1e-4, trace="hutchinson",
                         probes=cell["probes"], seed=cell["seed"])
     pen = res.layers.iloc[-1]  # the last ReLU: the input of the linear head
     lm = res.what_if["last-mean"]

@@ -9,6 +9,7 @@ Claim ids are stable (``J-fig3``, ``K-thm3.4`` ...); scripts call them by id.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 import time
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from normfield.core.validation import check_int
 from normfield.errors import NormfieldError
 
 __all__ = ["ClaimSpec", "ClaimResult", "ClaimContext", "claim", "alias", "aliases", "expand_ids", "all_claims",
@@ -248,44 +250,63 @@ def _run_level(e: NormfieldError) -> bool:
 
 
 def run_claims(
-    ids: Iterable[str] | None, ctx: ClaimContext, *, on_result: Callable[[ClaimResult], None] | None = None
+    ids: Iterable[str] | None, ctx: ClaimContext, *, on_result: Callable[[ClaimResult], None] | None = None,
+    side_by_side: int | None = None,
 ) -> list[ClaimResult]:
-    """Run the claims ``ids`` (all when None) and return their results.
+    """Run the claims ``ids`` (all when None) and return their results, in the order of ``ids``.
 
     A claim that raises is reported as FAIL with the error in ``notes``:
     the report never hides a crash. A :class:`NormfieldError` about the run's
     own configuration (scheduler, workers, cache directory, device, scale) is
     raised instead, since every later claim would meet it too.
+
+    When the sweeps run on other processes (a local pool or Dask), several claims are
+    in flight at once (:func:`normfield.runner.sidebyside.run_side_by_side`): each
+    claim's own code still runs alone, while the cells of all of them share the pool,
+    so the numbers are those of a run one claim after the other. ``side_by_side``
+    sets how many claims may be in flight (default
+    :func:`~normfield.runner.sidebyside.side_by_side_width`; 1: one after the other).
+    ``on_result`` is called as each claim finishes; ``wall_time_s`` is then the
+    claim's elapsed time, waits for the shared pool included.
     """
+    from normfield.runner.sidebyside import run_side_by_side, side_by_side_width
+
     specs = all_claims() if not ids else [get_claim(i) for i in expand_ids(ids)]
-    results = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        ctx.sweep_log.clear()
-        try:
-            res = spec.func(ctx)
-        except NormfieldError as e:
-            if _run_level(e):  # the run's own configuration (executor, cache, device): stop the run
-                raise
-            res = ClaimResult(  # the check refused its own settings (e.g. over the memory cap at this scale)
-                verdict="FAIL",
-                measured={},
-                expected=spec.statement,
-                notes=f"the check was refused: {e} (argument {e.argument!r}); see the claim's settings "
-                f"at scale {ctx.scale!r}",
-            )
-        except Exception as e:  # noqa: BLE001 - reported as FAIL with its traceback
-            res = ClaimResult(
-                verdict="FAIL",
-                measured={},
-                expected=spec.statement,
-                notes=f"the check crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}",
-            )
-        res.id, res.title, res.paper = spec.id, spec.title, spec.paper
-        res.reference, res.statement = spec.reference, spec.statement
-        res.wall_time_s = time.perf_counter() - t0
-        res.sweeps = list(ctx.sweep_log)
-        results.append(res)
-        if on_result is not None:
-            on_result(res)
-    return results
+    width = (side_by_side_width(ctx.sweep_options, ctx.device, len(specs)) if side_by_side is None
+             else check_int("side_by_side", side_by_side, minimum=1))
+
+    def task(spec: ClaimSpec) -> Callable[[], ClaimResult]:
+        # each claim gets its own sweep log; the rest of the context is shared and read-only
+        return lambda: _run_one(spec, dataclasses.replace(ctx, sweep_log=[]) if width > 1 else ctx)
+
+    done = None if on_result is None else (lambda i, r: on_result(r))
+    return run_side_by_side([task(s) for s in specs], width, on_done=done)
+
+
+def _run_one(spec: ClaimSpec, ctx: ClaimContext) -> ClaimResult:
+    t0 = time.perf_counter()
+    ctx.sweep_log.clear()
+    try:
+        res = spec.func(ctx)
+    except NormfieldError as e:
+        if _run_level(e):  # the run's own configuration (executor, cache, device): stop the run
+            raise
+        res = ClaimResult(  # the check refused its own settings (e.g. over the memory cap at this scale)
+            verdict="FAIL",
+            measured={},
+            expected=spec.statement,
+            notes=f"the check was refused: {e} (argument {e.argument!r}); see the claim's settings "
+            f"at scale {ctx.scale!r}",
+        )
+    except Exception as e:  # noqa: BLE001 - reported as FAIL with its traceback
+        res = ClaimResult(
+            verdict="FAIL",
+            measured={},
+            expected=spec.statement,
+            notes=f"the check crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}",
+        )
+    res.id, res.title, res.paper = spec.id, spec.title, spec.paper
+    res.reference, res.statement = spec.reference, spec.statement
+    res.wall_time_s = time.perf_counter() - t0
+    res.sweeps = list(ctx.sweep_log)
+    return res

@@ -29,11 +29,20 @@ product once and each later JVP runs only its tangent half. :func:`torch.func.jv
 recomputes the primal forward pass with every product, so the traced product
 costs about half (measured on a CIFAR ResNet-18, batch 128, 2 CPU cores: 2.2 s
 against 5.4 s, about one VJP), but tracing costs about 5 forward-mode JVPs
-(25 s). With ``route="auto"`` the operator therefore switches from ``forward``
-(``forward-math``) to the traced route once it has done :data:`TRACE_AFTER`
-forward-mode JVPs, i.e. once they have cost about what tracing does: the
-rent-or-buy rule, never more than twice the cost of the better choice made in
-hindsight. A function that cannot be traced stays on forward mode.
+(25 s). Tracing also has a fixed cost of about 0.3 s (the Python-level trace of
+every op), which dominates for small models (a width-16 digits convnet: 0.35 s,
+42 of its 8 ms forward-mode JVPs). With ``route="auto"`` the operator therefore
+switches from ``forward`` (``forward-math``) to the traced route once it has done
+:data:`TRACE_AFTER` forward-mode JVPs, i.e. once they have cost about what tracing
+does (the rent-or-buy rule, never more than twice the cost of the better choice
+made in hindsight), and only when one JVP is big enough for the fixed cost not to
+dominate: at least :data:`TRACE_MIN_FLOPS` (matmul/convolution flops of the first
+JVP, counted by :class:`torch.utils.flop_counter.FlopCounterMode`: 50-100 ms at
+the 10-20 GFLOP/s measured on two CPU cores, so that five of them cost what the
+fixed part of a trace does). The decision uses counts only, never timings, so the same call
+gives the same numbers on every run. The traced product is checked against
+forward mode before use (see :meth:`JacobianOperator._traced_agrees`); a function
+that cannot be traced, or whose trace disagrees, stays on forward mode.
 
 Every route computes the same J to round-off (tested). A function none of them
 can differentiate raises :class:`NormfieldError` naming the sub-module that was
@@ -53,7 +62,7 @@ from torch import nn
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "JacobianOperator", "gram_matvec", "math_kernels"]
+__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels"]
 
 #: Product routes, in the order the automatic choice tries them.
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize", "linearize-math")
@@ -61,6 +70,8 @@ ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize
 AUTO_ROUTES = ROUTES[:4]
 #: Forward-mode JVPs after which ``route="auto"`` traces the product (see the module docstring).
 TRACE_AFTER = 5
+#: Flops of one forward-mode JVP below which ``route="auto"`` never traces, by device type.
+TRACE_MIN_FLOPS = {"cpu": 1e9, "cuda": 1e11}
 
 Params = dict[str, torch.Tensor]
 
@@ -114,6 +125,7 @@ class JacobianOperator:
         self._graph: tuple | None = None  # double-VJP graph: (out, leaves, u, grads)
         self._lin: Callable[[Params], torch.Tensor] | None = None  # the traced tangent map (linearize routes)
         self._forward_jvps = 0  # forward-mode JVPs so far (route "auto" traces after TRACE_AFTER of them)
+        self._jvp_flops = 0.0  # matmul/conv flops of the first forward-mode JVP (route "auto")
         self._rebuild_vjp(route if route != "auto" else "forward")
 
     # -- reverse mode --------------------------------------------------------------
@@ -198,9 +210,21 @@ class JacobianOperator:
             raise RuntimeError("the double-VJP graph misses part of the Jacobian (a backward without a "
                                f"double-backward rule): <u, Jt> = {a:.6g} but <J^T u, t> = {b:.6g}")
 
+    def _counted_jvp(self, t: Params) -> torch.Tensor:
+        """The first forward-mode JVP, its matmul/convolution flops counted (for TRACE_MIN_FLOPS)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            res = self._jvp_route(t)
+        self._jvp_flops = float(counter.get_total_flops())
+        return res
+
     def _due_for_trace(self, upcoming: int) -> bool:
         """Route ``auto`` on forward mode: count the JVPs; True once TRACE_AFTER of them are done."""
         if self._requested != "auto" or not self.route.startswith("forward"):
+            return False
+        if self._jvp_flops < TRACE_MIN_FLOPS.get(self.out.device.type, math.inf):
             return False
         self._forward_jvps += upcoming
         return self._forward_jvps > TRACE_AFTER
@@ -242,7 +266,10 @@ class JacobianOperator:
         for r in AUTO_ROUTES if self._requested == "auto" else (self._requested,):
             self.route, self._graph, self._lin = r, None, None
             try:
-                res = self._jvp_route(t)
+                if self._requested == "auto" and r.startswith("forward"):
+                    res = self._counted_jvp(t)
+                else:
+                    res = self._jvp_route(t)
             except Exception as e:  # noqa: BLE001 - try the next route
                 last = e
                 continue

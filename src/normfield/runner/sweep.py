@@ -47,6 +47,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from normfield.errors import NormfieldError
+from normfield.runner.sidebyside import side_by_side, waiting
 from normfield.runner.executors import (  # noqa: F401 - re-exported: public names of this module
     _DEFAULT_TIMEOUT_S,
     EXECUTORS,
@@ -265,9 +266,12 @@ def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    n = _auto_pool_size(fn, threads, device) if len(todo) >= 2 else 0
+    shared = side_by_side()  # other tasks' code runs while this one waits: every cell goes to the pool
+    n = _auto_pool_size(fn, threads, device) if len(todo) >= (1 if shared else 2) else 0
     pending = deque(todo)
     pool = _pool_started(n, threads) if n else None
+    if pool is None and n and shared:
+        pool = _process_pool(n, threads, start=True)
     if pool is None:
         start = time.perf_counter()
         done = 0
@@ -306,7 +310,8 @@ def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
                 store(i, _run_cell(fn, full[i], threads))
                 bar.update(1)
             elif futs and not finished:
-                wait(list(futs), timeout=None if ready == pool.n else 0.05, return_when=FIRST_COMPLETED)
+                with waiting():
+                    wait(list(futs), timeout=None if ready == pool.n else 0.05, return_when=FIRST_COMPLETED)
     except BrokenProcessPool:
         raise NormfieldError(
             "--workers: a pool process died (killed or out of memory); the cells finished so far are cached; "
@@ -329,7 +334,8 @@ def _run_process(fn, full, todo, threads, workers, store, bar) -> None:
     pending = set(futs)
     try:
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            with waiting():
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             for f in done:  # keep every finished cell before reporting a failure
                 if f.exception() is None:
@@ -360,7 +366,12 @@ def _run_dask(client, fn, full, todo, keys, name, threads, store, bar) -> None:
                           key=f"normfield-{safe}-{i}-{keys[i][:12]}-{uuid.uuid4().hex[:8]}", pure=False)
         futs[f] = i
     try:
-        for f in as_completed(list(futs)):
+        done = as_completed(list(futs))
+        while True:
+            with waiting():
+                f = next(done, None)
+            if f is None:
+                break
             store(futs[f], f.result())
             bar.update(1)
     except BaseException:

@@ -48,13 +48,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1_500_000, help="Monte Carlo samples per cell (sets cell cost)")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", default=None, metavar="DIR", help="with --reproduce: keep both reports under DIR")
     ap.add_argument("--reproduce", nargs="*", default=None, metavar="CLAIM_ID",
                     help="only target 5: time quick-scale reproduce (all claims, or these) default vs --workers 1")
     args = ap.parse_args()
     ncpu = available_cpus()
     res: dict = {"cpu_count": ncpu, "load_avg_1min": os.getloadavg()[0]}
     if args.reproduce is not None:
-        res.update(_reproduce_default_vs_one_worker(args.reproduce))
+        res.update(_reproduce_default_vs_one_worker(args.reproduce, args.keep))
         res["targets"] = {"5 default <= 0.65x --workers 1, same measured": res["ratio"] <= 0.65 and res["identical"]}
         _print(res, args.json)
         return
@@ -132,14 +133,16 @@ def _print(res: dict, as_json: bool) -> None:
         print(f"target {k:26s} {'met' if ok else 'NOT met'}")
 
 
-def _reproduce_default_vs_one_worker(ids: list[str]) -> dict:
-    """Wall time of `normfield reproduce IDS --no-cache` with the default executor and with --workers 1."""
+def _reproduce_default_vs_one_worker(ids: list[str], keep: str | None = None) -> dict:
+    """Wall time of `normfield reproduce IDS --no-cache` with the default executor and with --workers 1
+    (the two reports are kept under ``keep``/default and ``keep``/workers1 when given)."""
+    import contextlib
     import subprocess
     import sys
 
     out: dict = {}
     measured = {}
-    with tempfile.TemporaryDirectory() as d:
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as d:
         for label, extra in (("default", []), ("workers1", ["--workers", "1"])):
             cmd = [sys.executable, "-m", "normfield", "reproduce", *ids, "--no-progress", "--no-cache", "--json",
                    "--out", os.path.join(d, label), *extra]
@@ -147,7 +150,9 @@ def _reproduce_default_vs_one_worker(ids: list[str]) -> dict:
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[f"{label}_s"] = time.perf_counter() - t0
-            measured[label] = {c["id"]: c["measured"] for c in json.loads(proc.stdout)["claims"]}
+            # compared as JSON text: NaN (a measured "not applicable") equals itself there
+            measured[label] = json.dumps({c["id"]: c["measured"] for c in json.loads(proc.stdout)["claims"]},
+                                         sort_keys=True)
     out["ratio"] = out["default_s"] / out["workers1_s"]
     out["identical"] = measured["default"] == measured["workers1"]
     return out

@@ -53,7 +53,9 @@ def test_byom_claim_quick_scale_verdict_and_numbers(tmp_path):
     assert m["widths"] == [16, 32, 64, 128] and all(m["checks"].values())
     for key in ("slope_plain_lambda_max", "slope_bn_lambda_max", "slope_plain_trace"):
         assert 0.75 <= m[key] <= 1.25, key
-    # measured at quick scale (seeds 0-7); λ_max is converged to 1e-6, so the slopes are stable to ~1e-6
+    # measured at quick scale (seeds 0-7); λ_max to a 1e-4 residual, whose true error r²/gap is far
+    # smaller, so the λ_max slopes are stable to ~1e-6
     assert m["slope_plain_lambda_max"] == pytest.approx(0.83169, abs=1e-4)
     assert m["slope_bn_lambda_max"] == pytest.approx(0.89214, abs=1e-4)
-    assert m["slope_plain_trace"] == pytest.approx(1.01212, abs=1e-3)  # a 4-probe Hutchinson trace: seeded
+    # a 4-probe Hutchinson trace, seeded, deflated by the Lanczos basis (so it moves with the basis)
+    assert m["slope_plain_trace"] == pytest.approx(1.00592, abs=1e-3)

@@ -75,8 +75,12 @@ def test_width_follows_the_executor(monkeypatch):
         assert side_by_side_width({"threads": 0}, "cpu", 22) == 1
         assert side_by_side_width({}, "cuda", 22) == 1
         assert side_by_side_width({"workers": 1}, "cpu", 22) == 1
-    assert side_by_side_width({"workers": 2}, "cpu", 22) == 6
+    assert side_by_side_width({"workers": 2}, "cpu", 22) == 1  # two workers: measured no faster
+    assert side_by_side_width({"workers": 3}, "cpu", 22) == 8
     assert side_by_side_width({"dask_local": 3}, "cpu", 22) == 8
+    monkeypatch.setattr(cpus, "available_cpus", lambda: 2)
+    with default_executor("auto"):
+        assert side_by_side_width({}, "cpu", 22) == 1
 
 
 def test_claims_side_by_side_give_the_numbers_and_figures_of_a_sequential_run(tmp_path):

@@ -64,7 +64,7 @@ from normfield.errors import NormfieldError
 
 __all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels"]
 
-#: Product routes, in the order the automatic choice tries them.
+#: Product routes (the ``jvp=`` choices besides "auto"; see the module docstring).
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize", "linearize-math")
 #: The routes ``route="auto"`` tries on the first JVP, in order.
 AUTO_ROUTES = ROUTES[:4]

@@ -260,8 +260,8 @@ def run_claims(
     own configuration (scheduler, workers, cache directory, device, scale) is
     raised instead, since every later claim would meet it too.
 
-    When the sweeps run on other processes (a local pool or Dask), several claims are
-    in flight at once (:func:`normfield.runner.sidebyside.run_side_by_side`): each
+    When the sweeps run on at least three other processes (a local pool or Dask), several
+    claims are in flight at once (:func:`normfield.runner.sidebyside.run_side_by_side`): each
     claim's own code still runs alone, while the cells of all of them share the pool,
     so the numbers are those of a run one claim after the other. ``side_by_side``
     sets how many claims may be in flight (default

@@ -12,12 +12,13 @@ steps:
   0.5 % (:data:`DEFAULT_TRACE_RTOL`), so ±1 % is two standard errors; the
   trace is exact instead when that is cheaper (T·C VJPs <= the Lanczos run).
   Hutchinson probes are quadratic forms ‖Jᵀz‖² (one VJP each, no JVP),
-  evaluated in blocks of up to 16 by one batched VJP; with
+  evaluated in blocks of up to 16 (one vmapped VJP per block on a GPU, a loop
+  of VJPs on the CPU: :meth:`normfield.core.jacobian.JacobianOperator.vjp_batched`); with
   ``what_if="last-mean"`` the estimate of tr F* is brought to 0.5 % of
   tr F̄* = tr F* − Σ_k ‖Jᵀu_k‖²/T, so the projected trace costs C VJPs more.
   Products are counted per vector (a batched VJP of b rows counts b): on a
-  compute-bound CPU a batched row costs about as much as a single VJP, on
-  small (overhead-bound) models and GPUs much less.
+  compute-bound CPU a batched row costs about as much as a single VJP (twice as
+  much on a ViT, whence the loop there), on GPUs much less.
 """
 
 from __future__ import annotations

@@ -163,15 +163,28 @@ def test_trace_estimators_against_the_exact_trace():
     assert est.probes < plain.probes
 
 
-def test_blocked_deflated_trace_block_one_matches_the_sequential_estimator():
+def test_deflated_trace_is_the_mean_of_its_projected_rademacher_probes():
+    """Against the estimator written out: the same Rademacher draws, projected off the basis, their
+    quadratic forms averaged and added to tr(QᵀAQ); the standard error is their sample standard deviation
+    over √probes; with blocks of one (deflated_trace) and of many the same probes give the same value."""
     A = _mp_spikes(n=200, seed=3)
     r = lanczos(lambda v: A @ v, 200, 3, tol=1e-6, seed=0)
-    seq = deflated_trace(lambda z: float(z @ A @ z), 200, r.basis, float(np.sum(r.alpha)), rtol=0.01, seed=5)
-    blk = deflated_trace_blocked(lambda Z: np.einsum("bi,ij,bj->b", Z, A, Z), 200, r.basis, float(np.sum(r.alpha)),
-                                 rtol=0.01, block=1, seed=5)
-    assert blk.probes == seq.probes
-    assert blk.value == pytest.approx(seq.value, rel=1e-12)
-    assert blk.stderr == pytest.approx(seq.stderr, rel=1e-9)
+    t_in = float(np.sum(r.alpha))
+    seq = deflated_trace(lambda z: float(z @ A @ z), 200, r.basis, t_in, rtol=0.01, seed=5)
+    rng = np.random.default_rng(5)
+    vals = []
+    for _ in range(seq.probes):
+        z = rng.choice([-1.0, 1.0], size=200)
+        z = z - r.basis.T @ (r.basis @ z)
+        vals.append(float(z @ A @ z))
+    assert seq.value == pytest.approx(t_in + np.mean(vals), rel=1e-12)
+    assert seq.stderr == pytest.approx(np.std(vals, ddof=1) / math.sqrt(len(vals)), rel=1e-9)
+    assert seq.stderr <= 0.01 * seq.value and (seq.probes == 8 or
+                                               np.std(vals[:-1], ddof=1) / math.sqrt(len(vals) - 1)
+                                               > 0.01 * (t_in + np.mean(vals[:-1])))
+    blk = deflated_trace_blocked(lambda Z: np.einsum("bi,ij,bj->b", Z, A, Z), 200, r.basis, t_in,
+                                 rtol=0.01, min_probes=seq.probes, max_probes=seq.probes, block=16, seed=5)
+    assert blk.probes == seq.probes and blk.value == pytest.approx(seq.value, rel=1e-12)
 
 
 @pytest.mark.parametrize("block", [4, 16, 64])

@@ -281,13 +281,14 @@ def deflated_trace(
     stop: Stop = None,
     cost_cap: int | None = None,
 ) -> TraceEstimate:
-    """tr(A) = tr(QᵀAQ) + E[zᵀ Π A Π z], Π = I − QQᵀ, z Rademacher (Hutchinson 1990).
+    """tr(A) = tr(QᵀAQ) + E[zᵀ Π A Π z], Π = I − QQᵀ, z Rademacher (Hutchinson 1990), one probe at a time.
 
     The second term is the mean of zᵀΠAΠz over probes, added until its
     standard error (sample standard deviation / √probes) is <= rtol·estimate,
     with at least ``min_probes`` and at most ``max_probes`` probes. Deflating
     the dominant eigenvectors removes them from the estimator's variance
-    2‖ΠAΠ‖_F² (Meyer et al. 2021, Lemma 2 and §3).
+    2‖ΠAΠ‖_F² (Meyer et al. 2021, Lemma 2 and §3). This is
+    :func:`deflated_trace_blocked` with blocks of one probe.
 
     Args:
         quad: z (n,) -> zᵀ A z.
@@ -301,30 +302,9 @@ def deflated_trace(
     Returns:
         :class:`TraceEstimate` (``products`` counts calls of ``quad``).
     """
-    min_probes = check_int("min_probes", min_probes, minimum=2)
-    max_probes = check_int("max_probes", max(max_probes, min_probes), minimum=2)
-    rng = np.random.default_rng(seed)
-    vals: list[float] = []
-    se = math.inf
-    while len(vals) < max_probes:
-        if stop is not None and len(vals) >= 2 and stop():
-            break
-        z = _rademacher(rng, n)
-        if basis is not None and len(basis):
-            z = z - basis.T @ (basis @ z)
-        vals.append(float(quad(z)))
-        if len(vals) >= 2:
-            se = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
-            est = trace_in_basis + float(np.mean(vals))
-            if len(vals) >= min_probes and se <= rtol * abs(est):
-                break
-            if cost_cap is not None and len(vals) == min_probes and est != 0:
-                need = (float(np.std(vals, ddof=1)) / (rtol * abs(est))) ** 2
-                if need > cost_cap:
-                    est_all = trace_in_basis + float(np.mean(vals))
-                    return TraceEstimate(est_all, se, len(vals), len(vals), "deflated hutchinson (capped)")
-    est = trace_in_basis + (float(np.mean(vals)) if vals else 0.0)
-    return TraceEstimate(est, se if len(vals) >= 2 else math.inf, len(vals), len(vals), "deflated hutchinson")
+    return deflated_trace_blocked(lambda Z: np.array([float(quad(z)) for z in Z]), n, basis, trace_in_basis,
+                                  rtol=rtol, min_probes=min_probes, max_probes=max_probes, block=1, seed=seed,
+                                  stop=stop, cost_cap=cost_cap)
 
 
 def deflated_trace_blocked(
@@ -347,7 +327,7 @@ def deflated_trace_blocked(
     Same estimator (Hutchinson 1990 on the complement of Q, Meyer et al. 2021, §3), same probes in the
     same order, same stopping rule, checked after each block. The first block has ``min_probes`` probes,
     each later one the (s/(rtol·est))² − m probes the standard error predicts, clipped to [1, ``block``].
-    With ``block=1`` it stops after the same number of probes as :func:`deflated_trace`.
+    ``block=1`` is :func:`deflated_trace`.
 
     Args:
         quad_block: Z (b, n) -> (zᵢᵀ A zᵢ)ᵢ, shape (b,); ``block``: b at most.

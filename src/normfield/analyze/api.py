@@ -13,7 +13,7 @@ from normfield.analyze._functional import ModelFunction, model_state_guard, sele
 from normfield.analyze.hooks import layer_gram_rows
 from normfield.analyze.cost import DEFAULT_TRACE_RTOL, default_tol, parse_budget
 from normfield.analyze.ntk import fisher_spectra
-from normfield.core.jacobian import ROUTES
+from normfield.core.jacobian import ROUTES, is_oom
 from normfield.analyze.result import AnalysisResult
 from normfield.core.validation import (
     check_batch_for_norm,
@@ -84,13 +84,6 @@ def _full_precision_float32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
-def _is_oom(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
-        "out of memory" in msg or "not enough memory" in msg or "can't allocate memory" in msg
-        or "failed to allocate" in msg)
 
 
 def analyze(
@@ -262,7 +255,7 @@ def analyze(
         except NormfieldError:
             raise
         except Exception as e:  # noqa: BLE001
-            if _is_oom(e):
+            if is_oom(e):
                 raise NormfieldError(f"inputs: the forward pass on a batch of {T} does not fit in memory; "
                                      "pass a smaller batch (inputs[:n]) or dtype='float32'",
                                      argument="inputs") from None
@@ -295,7 +288,7 @@ def analyze(
             except NormfieldError:
                 raise
             except Exception as e:  # noqa: BLE001
-                if _is_oom(e):
+                if is_oom(e):
                     raise NormfieldError(
                         f"inputs: the Jacobian products on a batch of {T} do not fit in memory; pass a smaller "
                         "batch, dtype='float32', method='lanczos' or a smaller chunk", argument="inputs") from None

@@ -62,7 +62,8 @@ from torch import nn
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels"]
+__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels",
+           "is_oom"]
 
 #: Product routes (the ``jvp=`` choices besides "auto"; see the module docstring).
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize", "linearize-math")
@@ -85,10 +86,12 @@ def math_kernels() -> Iterator[None]:
         yield
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
+    """True for an out-of-memory error of Python, torch (CPU or CUDA) or the allocator."""
     msg = str(e).lower()
     return isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))) or (
-        "out of memory" in msg or "not enough memory" in msg or "can't allocate memory" in msg)
+        "out of memory" in msg or "not enough memory" in msg or "can't allocate memory" in msg
+        or "failed to allocate" in msg)
 
 
 def _ctx(route: str):
@@ -292,7 +295,7 @@ class JacobianOperator:
             self._decided = True
             self._forward_jvps = 1 if r.startswith("forward") else 0
             return res
-        if last is not None and _is_oom(last):
+        if last is not None and is_oom(last):
             raise last
         self.route = self._requested
         raise self._unsupported(t, last)
@@ -305,7 +308,7 @@ class JacobianOperator:
                 out, self._vjp_fn = torch.func.vjp(self.f, self.theta)
                 self._vjp_batchable = True
             except Exception as e:  # noqa: BLE001 - fall back on the autograd tape
-                if _is_oom(e):
+                if is_oom(e):
                     raise
                 leaves = {k: v.detach().clone().requires_grad_(True) for k, v in self.theta.items()}
                 out = self.f(leaves)

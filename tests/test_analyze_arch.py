@@ -238,6 +238,7 @@ def test_a_wrong_trace_is_refused_by_name_and_avoided_by_auto(name, monkeypatch)
     import normfield.core.jacobian as jac
 
     monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
+    monkeypatch.setattr(jac, "TRACE_OP_FLOPS", {"cpu": 0.0})
     model, x = _make(name)
     with pytest.raises(NormfieldError, match="traced product differs"):
         _dual(model, x, jvp="linearize")
@@ -263,11 +264,12 @@ def test_math_kernel_gives_the_fused_kernel_numbers():
 @pytest.mark.parametrize("traced", [False, True])
 def test_transformer_lanczos_and_what_if_match_dense(traced, monkeypatch):
     """Lanczos on the forward-mode product (a model this small is never traced) and, with the size
-    gate lifted, on the traced product after TRACE_AFTER JVPs: both match the dense dual."""
+    gate and the per-op cost lifted, on the traced product after TRACE_AFTER JVPs: both match the dense dual."""
     import normfield.core.jacobian as jac
 
     if traced:
         monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
+        monkeypatch.setattr(jac, "TRACE_OP_FLOPS", {"cpu": 0.0})
     model, x = _make("vit")
     d = nf.analyze(model, x, method="dense", layers="none", what_if="last-mean", k=3, jvp="forward-math")
     lz = nf.analyze(model, x, method="lanczos", layers="none", what_if="last-mean", k=3, trace="exact")
@@ -338,6 +340,7 @@ def test_generic_gram_matvec_on_a_plain_function(traced, monkeypatch):
 
     if traced:
         monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
+        monkeypatch.setattr(jac, "TRACE_OP_FLOPS", {"cpu": 0.0})
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(5, 3, generator=g, dtype=DT)
@@ -355,6 +358,53 @@ def test_generic_gram_matvec_on_a_plain_function(traced, monkeypatch):
         assert n == 10 and torch.allclose(F, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
         auto = "linearize" if traced else "forward"
         assert op.route == (auto if route == "auto" else route) and op.products >= 2 * n
+
+
+def test_trace_waits_longer_for_many_small_ops(monkeypatch):
+    """The rent-or-buy estimate of a trace: TRACE_AFTER JVPs plus ops·TRACE_OP_FLOPS/flops, with the
+    ops counted by a dispatch mode (checked against the nodes of an independent make_fx trace of the
+    same JVP). Two functions with the same flops (the matrix products of the same trace): the one with 40 more elementwise ops per matmul is
+    estimated dearer and, after the same number of JVPs, is still on forward mode while the other
+    has switched to the trace."""
+    import normfield.core.jacobian as jac
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setattr(jac, "TRACE_MIN_FLOPS", {"cpu": 0.0})
+    monkeypatch.setattr(jac, "TRACE_OP_FLOPS", {"cpu": 2e5})  # a small model: 8 ops cost one JVP
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 64, generator=g, dtype=DT)
+    theta = {"W": torch.randn(64, 64, generator=g, dtype=DT) / 8}
+
+    def lean(p):
+        return torch.tanh(X @ p["W"]).reshape(-1)
+
+    def busy(p):
+        h = X @ p["W"]
+        for _ in range(20):
+            h = torch.tanh(h) * 0.9
+        return h.reshape(-1)
+
+    ops = {}
+    for name, f in (("lean", lean), ("busy", busy)):
+        op = jac.JacobianOperator(f, theta)
+        op.jvp({"W": torch.ones_like(theta["W"])})
+        graph = make_fx(lambda t: torch.func.jvp(f, (theta,), (t,))[1])({"W": torch.ones_like(theta["W"])})
+        calls = [nd for nd in graph.graph.nodes if nd.op == "call_function"]
+        assert op._jvp_ops == len(calls)
+        # the flops: 2·64³ per matrix product in the same trace
+        assert op._jvp_flops == 2 * 64 ** 3 * sum(1 for nd in calls if "mm" in str(nd.target))
+        ops[name] = op
+    flops = ops["lean"]._jvp_flops
+    for name, op in ops.items():
+        assert op._jvp_flops == flops
+        assert op.trace_cost_jvps() == pytest.approx(jac.TRACE_AFTER + op._jvp_ops * jac.TRACE_OP_FLOPS["cpu"] / flops)
+    assert ops["busy"]._jvp_ops >= ops["lean"]._jvp_ops + 40
+    n_jvps = int(ops["lean"].trace_cost_jvps()) + 2
+    assert n_jvps < ops["busy"].trace_cost_jvps()
+    for op in ops.values():
+        for _ in range(n_jvps):
+            op.jvp({"W": torch.ones_like(theta["W"])})
+    assert ops["lean"].route == "linearize" and ops["busy"].route == "forward"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

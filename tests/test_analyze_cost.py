@@ -2,7 +2,7 @@
 
 Accuracy claims are checked against the dense F* of the same model (exact to round-off):
 the Lanczos defaults (1e-8 relative in float64, 1e-4 in float32), the stochastic trace's
-standard error (target 0.5 % of the trace; the estimate within 4 standard errors, seeded).
+standard error (target 1 % of the trace; the estimate within 4 standard errors, seeded).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import normfield as nf
-from normfield.analyze.cost import Budget, parse_budget
+from normfield.analyze.cost import DEFAULT_TRACE_RTOL, Budget, parse_budget
 from normfield.analyze.plots import plot_layer_conditioning, plot_spectrum
 from normfield.errors import NormfieldError
 from normfield.report.model import write_model_report
@@ -61,7 +61,7 @@ def test_stochastic_trace_reaches_its_standard_error(dense):
     h = nf.analyze(_model(), x, method="lanczos", k=2, layers="none", trace="hutchinson", seed=3)
     f = h.fisher
     assert "hutchinson" in f.method and f.trace_stderr > 0
-    assert f.trace_stderr <= 0.005 * f.trace * (1 + 1e-12)
+    assert f.trace_stderr <= DEFAULT_TRACE_RTOL * f.trace * (1 + 1e-12)
     assert abs(f.trace - exact) <= 4 * f.trace_stderr
     fixed = nf.analyze(_model(), _x(), method="lanczos", k=2, layers="none", trace="hutchinson", probes=3, seed=3)
     assert "3 probes" in fixed.fisher.method

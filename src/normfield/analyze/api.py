@@ -159,7 +159,7 @@ def analyze(
             ``"hutchinson"`` (deflated by the Lanczos basis, with a standard
             error) or ``"auto"`` (exact when no dearer than the Lanczos run).
         probes: Hutchinson probes (default: adaptive until the standard error
-            is at most ``trace_rtol`` of the trace, i.e. ±1 % at two standard errors).
+            is at most ``trace_rtol`` of the trace: ±1 % as one standard error by default).
         trace_rtol: target relative standard error of a stochastic trace.
         budget: a limit for the Fisher part: products (int) or seconds
             (``"30s"``); when it runs out the result says so (``converged``

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="relative accuracy of lambda_max and the top eigenvalues (default 1e-4 in float32, "
                         "1e-8 in float64)")
     p.add_argument("--trace", default="auto", choices=["auto", "exact", "hutchinson"],
-                   help="tr F*: exact (T*C products), hutchinson (standard error to 0.5%% of the trace), or auto "
+                   help="tr F*: exact (T*C products), hutchinson (standard error to 1%% of the trace), or auto "
                         "(exact when cheaper than the Lanczos run; default)")
     p.add_argument("--budget", default=None,
                    help="stop the Fisher part after this many Jacobian products (e.g. 200) or seconds (e.g. 30s); "

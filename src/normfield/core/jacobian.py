@@ -27,19 +27,21 @@ and, for long runs of products, the traced routes ``linearize`` and
 ``linearize-math``: :func:`torch.func.linearize` traces the forward-mode
 product once and each later JVP runs only its tangent half. :func:`torch.func.jvp`
 recomputes the primal forward pass with every product, so the traced product
-costs about half (measured on a CIFAR ResNet-18, batch 128, 2 CPU cores: 2.2 s
-against 5.4 s, about one VJP), but tracing costs about 5 forward-mode JVPs
-(25 s). Tracing also has a fixed cost of about 0.3 s (the Python-level trace of
-every op), which dominates for small models (a width-16 digits convnet: 0.35 s,
-42 of its 8 ms forward-mode JVPs). With ``route="auto"`` the operator therefore
-switches from ``forward`` (``forward-math``) to the traced route once it has done
-:data:`TRACE_AFTER` forward-mode JVPs, i.e. once they have cost about what tracing
-does (the rent-or-buy rule, never more than twice the cost of the better choice
-made in hindsight), and only when one JVP is big enough for the fixed cost not to
-dominate: at least :data:`TRACE_MIN_FLOPS` (matmul/convolution flops of the first
-JVP, counted by :class:`torch.utils.flop_counter.FlopCounterMode`: 50-100 ms at
-the 10-20 GFLOP/s measured on two CPU cores, so that five of them cost what the
-fixed part of a trace does). The decision uses counts only, never timings, so the same call
+costs about half (measured on 2 CPU cores: 3.0 s against 6.2 s on a CIFAR
+ResNet-18 at batch 128; 0.25 s against 0.50 s on a ViT of depth 8 at batch 64).
+Tracing costs about :data:`TRACE_AFTER` forward-mode JVPs of computation plus a
+fixed share per op (the Python-level trace and code generation of each aten op,
+about 3 ms): 28 s on that ResNet (1135 ops, 4.3e11 flops per JVP, about 4.6
+JVPs) but 12 s on that ViT (3170 small ops, 3.0e10 flops, about 24 JVPs). With
+``route="auto"`` the operator therefore switches from ``forward``
+(``forward-math``) to the traced route once the forward-mode JVPs done so far
+have cost what tracing would, by the estimate
+``TRACE_AFTER + ops·TRACE_OP_FLOPS/flops`` JVPs (the rent-or-buy rule, never more
+than twice the cost of the better choice made in hindsight), where ops and flops
+are counted on the first JVP (:class:`torch.utils.flop_counter.FlopCounterMode`
+for the matmul/convolution flops) and :data:`TRACE_OP_FLOPS` is one op's share
+in flops (3 ms at the 70 GFLOP/s of those runs). Below :data:`TRACE_MIN_FLOPS`
+per JVP it never traces. The decision uses counts only, never timings, so the same call
 gives the same numbers on every run. The traced product is checked against
 forward mode before use (see :meth:`JacobianOperator._traced_agrees`); a function
 that cannot be traced, or whose trace disagrees, stays on forward mode.
@@ -59,22 +61,38 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels",
+__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "TRACE_OP_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels",
            "is_oom"]
 
 #: Product routes (the ``jvp=`` choices besides "auto"; see the module docstring).
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize", "linearize-math")
 #: The routes ``route="auto"`` tries on the first JVP, in order.
 AUTO_ROUTES = ROUTES[:4]
-#: Forward-mode JVPs after which ``route="auto"`` traces the product (see the module docstring).
+#: Forward-mode JVPs that tracing costs besides its per-op share (see the module docstring).
 TRACE_AFTER = 5
+#: One op's share of the cost of a trace, in flops of a forward-mode JVP, by device type
+#: (CPU: measured, about 3 ms at 70 GFLOP/s; CUDA: the same 3 ms at an assumed 10 TFLOP/s).
+TRACE_OP_FLOPS = {"cpu": 2e8, "cuda": 3e10}
 #: Flops of one forward-mode JVP below which ``route="auto"`` never traces, by device type.
 TRACE_MIN_FLOPS = {"cpu": 1e9, "cuda": 1e11}
 
 Params = dict[str, torch.Tensor]
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -129,6 +147,7 @@ class JacobianOperator:
         self._lin: Callable[[Params], torch.Tensor] | None = None  # the traced tangent map (linearize routes)
         self._forward_jvps = 0  # forward-mode JVPs so far (route "auto" traces after TRACE_AFTER of them)
         self._jvp_flops = 0.0  # matmul/conv flops of the first forward-mode JVP (route "auto")
+        self._jvp_ops = 0  # aten ops dispatched by the first forward-mode JVP (route "auto")
         self._rebuild_vjp(route if route != "auto" else "forward")
 
     # -- reverse mode --------------------------------------------------------------
@@ -219,23 +238,35 @@ class JacobianOperator:
                                f"double-backward rule): <u, Jt> = {a:.6g} but <J^T u, t> = {b:.6g}")
 
     def _counted_jvp(self, t: Params) -> torch.Tensor:
-        """The first forward-mode JVP, its matmul/convolution flops counted (for TRACE_MIN_FLOPS)."""
+        """The first forward-mode JVP, its matmul/convolution flops and its ops counted (for the
+        rent-or-buy estimate of the cost of a trace)."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        counter = FlopCounterMode(display=False)
-        with counter:
+        counter, ops = FlopCounterMode(display=False), _OpCounter()
+        with counter, ops:
             res = self._jvp_route(t)
-        self._jvp_flops = float(counter.get_total_flops())
+        self._jvp_flops, self._jvp_ops = float(counter.get_total_flops()), ops.count
         return res
 
+    def trace_cost_jvps(self) -> float:
+        """Estimated cost of tracing the product, in forward-mode JVPs (inf: never trace)."""
+        dev = self.out.device.type
+        if self._jvp_flops < TRACE_MIN_FLOPS.get(dev, math.inf):
+            return math.inf
+        per_op = self._jvp_ops * TRACE_OP_FLOPS.get(dev, math.inf)
+        if per_op <= 0:
+            return float(TRACE_AFTER)
+        return TRACE_AFTER + per_op / self._jvp_flops if self._jvp_flops > 0 else math.inf
+
     def _due_for_trace(self, upcoming: int) -> bool:
-        """Route ``auto`` on forward mode: count the JVPs; True once TRACE_AFTER of them are done."""
+        """Route ``auto`` on forward mode: count the JVPs; True once they have cost what a trace would."""
         if self._requested != "auto" or not self.route.startswith("forward"):
             return False
-        if self._jvp_flops < TRACE_MIN_FLOPS.get(self.out.device.type, math.inf):
+        cost = self.trace_cost_jvps()
+        if not math.isfinite(cost):
             return False
         self._forward_jvps += upcoming
-        return self._forward_jvps > TRACE_AFTER
+        return self._forward_jvps > cost
 
     def _traced_agrees(self, t: Params, ref: torch.Tensor) -> bool:
         """Trace the product and check it against the forward-mode J t for the same t.

@@ -227,7 +227,7 @@ def test_matches_the_fisher_engine_on_the_papers_mlps(norm, act):
     ref = nf.fisher_dual(params, X, cfg, k=5, eig="dense")
     model = _karakida_module(params, act, "none" if norm == "last-mean" else norm)
     res = nf.analyze(model, X, method="dense", k=5, layers="none",
-                     what_if="last-mean" if norm == "last-mean" else None)
+                     what_if="last-mean" if norm == "last-mean" else None, what_if_k=5)
     ours = res.what_if["last-mean"] if norm == "last-mean" else res.fisher
     assert ours.parameters == ref.parameters
     assert np.allclose(ours.eigenvalues, ref.eigenvalues, rtol=0, atol=1e-10 * ref.lambda_max)
@@ -391,6 +391,8 @@ def test_bad_inputs():
         nf.analyze(model, x, mode="training")
     with pytest.raises(NormfieldError, match="what_if"):
         nf.analyze(model, x, what_if="last-bn")
+    with pytest.raises(NormfieldError, match="what_if_k"):
+        nf.analyze(model, x, what_if="last-mean", what_if_k=0)
     with pytest.raises(NormfieldError, match="torch.nn.Module"):
         nf.analyze(lambda t: t, x)
     with pytest.raises(NormfieldError, match="inputs must be a tensor"):

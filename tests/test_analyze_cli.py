@@ -24,7 +24,10 @@ def test_analyze_json_and_table(capsys):
     assert d["settings"]["samples"] == 4 and d["settings"]["outputs"] == 3
     assert len(d["eigenvalues"]) == 3
     assert d["lr_bound"] == pytest.approx(2 / d["lambda_max"])
-    assert "last-mean" in d["what_if"]
+    assert "last-mean" in d["what_if"] and len(d["what_if"]["last-mean"]["eigenvalues"]) == 1
+    assert d["settings"]["what_if_k"] == 1
+    assert main(args + ["--what-if-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["what_if"]["last-mean"]["eigenvalues"]) == 2
     assert any(r["layer"] == "layer1.relu#1" for r in d["layers"])  # a re-used module, second call
     assert main(args) == 0
     out = capsys.readouterr().out

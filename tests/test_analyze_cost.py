@@ -39,7 +39,7 @@ def _x(T=40, seed=1):
 
 @pytest.fixture(scope="module")
 def dense():
-    return nf.analyze(_model(), _x(), method="dense", k=5, layers="none", what_if="last-mean")
+    return nf.analyze(_model(), _x(), method="dense", k=5, layers="none", what_if="last-mean", what_if_k=5)
 
 
 def test_default_tolerance_float64_and_float32(dense):
@@ -79,6 +79,11 @@ def test_last_mean_reuses_the_products(dense):
     lz = nf.analyze(_model(), _x(), method="lanczos", k=3, layers="none", what_if="last-mean", trace="exact")
     w, wd = lz.what_if["last-mean"], dense.what_if["last-mean"]
     assert w.lambda_max == pytest.approx(wd.lambda_max, rel=1e-8)
+    assert len(w.eigenvalues) == 1  # the variant's λ_max by default (what_if_k=1)
+    w3 = nf.analyze(_model(), _x(), method="lanczos", k=3, layers="none", what_if="last-mean", trace="exact",
+                    what_if_k=3).what_if["last-mean"]
+    assert np.allclose(w3.eigenvalues, wd.eigenvalues[:3], rtol=1e-8, atol=0)
+    assert w3.products > w.products
     # tr(Π F* Π) = tr F* − Σ_k ‖Jᵀu_k‖²/T: the exact trace of F* plus C = 4 VJPs
     assert w.trace == pytest.approx(wd.trace, rel=1e-10)
     lanczos_steps = w.products - 4

@@ -180,6 +180,7 @@ def fisher_spectra(
     variants: Sequence[str] = (),
     *,
     k: int = 5,
+    what_if_k: int | None = None,
     method: str = "auto",
     dense_max: int = 256,
     tol: float | None = None,
@@ -204,6 +205,7 @@ def fisher_spectra(
             spectrum that of the centred outputs.
         variants: names among ``("last-mean",)``.
         k: how many leading eigenvalues.
+        what_if_k: how many of each variant (default ``k``).
         method: ``"dense"``, ``"lanczos"`` or ``"auto"`` (dense when T·C <= dense_max).
         tol: relative accuracy of the Lanczos eigenvalues (default 1e-4 in float32, 1e-8 in float64).
         trace: ``"exact"`` (T·C VJPs), ``"hutchinson"`` (deflated by the Lanczos basis) or ``"auto"``
@@ -230,13 +232,14 @@ def fisher_spectra(
     for v in variants:
         check_choice("what_if", v, ["last-mean"])
     k = check_int("k", k, minimum=1)
+    kv = k if what_if_k is None else check_int("what_if_k", what_if_k, minimum=1)
     if probes is not None:
         probes = check_int("probes", probes, minimum=2)
     if not (trace_rtol > 0 and math.isfinite(trace_rtol)):
         raise NormfieldError(f"trace_rtol must be a positive number, got {trace_rtol!r}", argument="trace_rtol")
     op, T, C = _operator(fn, jvp)
     n, P = op.n, fn.num_parameters
-    k = min(k, n)
+    k, kv = min(k, n), min(kv, n)
     tol = default_tol(op.out.dtype) if tol is None else float(tol)
     if method == "auto":
         method = "dense" if n <= dense_max else "lanczos"
@@ -251,7 +254,8 @@ def fisher_spectra(
                 F4 = F4 - F4.mean(axis=0, keepdims=True)
                 Fc = (F4 - F4.mean(axis=2, keepdims=True)).reshape(n, n)
                 Fc = 0.5 * (Fc + Fc.T)
-                out[name] = _dense_spectrum(Fc, float(np.trace(Fc)), P, T, C, k, prods if name == "main" else 0,
+                out[name] = _dense_spectrum(Fc, float(np.trace(Fc)), P, T, C, k if name == "main" else kv,
+                                            prods if name == "main" else 0,
                                             op.route, keep_dual=keep_dual, density=density)
             else:
                 out[name] = _dense_spectrum(Fd, float(rownorm.double().sum()) * op.scale, P, T, C, k, prods,
@@ -272,7 +276,8 @@ def fisher_spectra(
                 return (center_outputs(r, T) if cen else r).double().cpu().numpy()
 
             v0 = np.random.default_rng(seed).standard_normal(n)
-            lz = krylov.lanczos(mv, n, k, tol=tol, seed=seed, max_steps=max_steps, stop=meter.stop,
+            kk = k if name == "main" else kv
+            lz = krylov.lanczos(mv, n, kk, tol=tol, seed=seed, max_steps=max_steps, stop=meter.stop,
                                 v0=center_outputs(v0, T) if cen else None)
             how = trace if trace != "auto" else ("exact" if n <= 2 * lz.products else "hutchinson")
             if meter.exhausted and how == "exact":
@@ -302,7 +307,7 @@ def fisher_spectra(
                                        seed=seed + 2, stop=meter.stop)
             results[name] = FisherSpectrum(
                 lambda_max=float(lz.eigenvalues[0]), m_lambda=tr / P, trace=tr, trace_stderr=se, parameters=P,
-                samples=T, outputs=C, eigenvalues=np.asarray(lz.eigenvalues[:k], dtype=float),
+                samples=T, outputs=C, eigenvalues=np.asarray(lz.eigenvalues[:kk], dtype=float),
                 method=f"lanczos, {how}", products=op.products - start, density_nodes=dn, density_weights=dw,
                 eigenvalue_errors=lz.errors.copy(), converged=lz.converged and not meter.exhausted,
                 route=op.route, stopped=lz.stopped)

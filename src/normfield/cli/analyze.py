@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--what-if", choices=["last-mean"], default=None,
                    help="also analyze the model with last-layer mean subtraction (Karakida et al. 2019, eq. 15)")
     p.add_argument("--k", type=int, default=5, help="leading Fisher eigenvalues to report (default 5)")
+    p.add_argument("--what-if-k", type=int, default=1,
+                   help="leading eigenvalues of the --what-if variant (default 1: its lambda_max)")
     p.add_argument("--method", default="auto", choices=["auto", "dense", "lanczos"],
                    help="dense F* (exact, every eigenvalue) or matrix-free Lanczos (default auto)")
     p.add_argument("--mode", default="train", choices=["train", "eval", "as-is"],
@@ -164,6 +166,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         raise NormfieldError(f"--batch must be >= 1, got {args.batch}", argument="--batch")
     if args.k < 1:
         raise NormfieldError(f"--k must be >= 1, got {args.k}", argument="--k")
+    if args.what_if_k < 1:
+        raise NormfieldError(f"--what-if-k must be >= 1, got {args.what_if_k}", argument="--what-if-k")
     shape = _parse_shape(args.input_shape) if args.input_shape else None
     if args.data is None and shape is None:
         raise NormfieldError("give --input-shape (random N(0,1) batch) or --data FILE", argument="--input-shape")
@@ -189,7 +193,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     budget: Any = args.budget
     if budget is not None and budget.strip().isdigit():
         budget = int(budget)
-    res = analyze(model, x, what_if=args.what_if, k=args.k, method=args.method, mode=args.mode, layers=layers,
+    res = analyze(model, x, what_if=args.what_if, what_if_k=args.what_if_k, k=args.k, method=args.method, mode=args.mode, layers=layers,
                   parameters=params, fisher=not args.no_fisher, dtype=args.dtype, device=args.device, seed=args.seed,
                   tol=args.tol, trace=args.trace, budget=budget, progress=args.progress)
     payload = res.to_dict()

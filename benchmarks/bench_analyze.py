@@ -14,6 +14,10 @@ Targets (all ratios measured in this one run, on the machine it runs on):
 * a ViT-style transformer (≈ 1M parameters, batch 64 of 3×32×32), float32,
   every default: at most 80× one forward+backward.
 
+The baseline (median of 5 forward+backward passes after a warm-up) is measured
+before and after each timed analysis, and the analysis is divided by the mean of
+the two: the speed of a shared machine drifts by tens of percent over minutes.
+
 ``--quick`` runs the same parts at width 16, batch 32, 16×16 images (the ViT at
 dim 64, depth 4, batch 32) for development; its ratios are labelled quick. The
 optional ``--curvlinops`` part times curvlinops' GGN operator with
@@ -107,16 +111,23 @@ def bench_resnet(a) -> dict:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(a.batch, 3, a.image, a.image, generator=g)
     P = sum(p.numel() for p in model.parameters())
-    t_fb = forward_backward_seconds(model, x)
-    _log(f"ResNet-18 width {a.width}, P={P}, batch {a.batch}: forward+backward {t_fb:.3f} s")
+    # the machine's speed drifts over minutes: each timed analysis is divided by the mean of the
+    # forward+backward measured just before and just after it
+    fb = [forward_backward_seconds(model, x)]
+    _log(f"ResNet-18 width {a.width}, P={P}, batch {a.batch}: forward+backward {fb[0]:.3f} s")
     res, t = timed(lambda: nf.analyze(model, x, dtype="float32"))
-    _log(f"defaults: {t:.1f} s = {t / t_fb:.1f}x, {res.settings['products']} products ({res.fisher.method}, "
-         f"route {res.fisher.route})")
+    fb.append(forward_backward_seconds(model, x))
+    t_fb = 0.5 * (fb[0] + fb[1])
+    _log(f"defaults: {t:.1f} s = {t / t_fb:.1f}x (forward+backward {fb[0]:.3f} s before, {fb[1]:.3f} s after), "
+         f"{res.settings['products']} products ({res.fisher.method}, route {res.fisher.route})")
     if a.skip_what_if:
-        res_w, t_w = None, math.nan
+        res_w, t_w, t_fb_w = None, math.nan, math.nan
     else:
         res_w, t_w = timed(lambda: nf.analyze(model, x, dtype="float32", what_if="last-mean"))
-        _log(f"what_if: {t_w:.1f} s = {t_w / t_fb:.1f}x, {res_w.settings['products']} products")
+        fb.append(forward_backward_seconds(model, x))
+        t_fb_w = 0.5 * (fb[1] + fb[2])
+        _log(f"what_if: {t_w:.1f} s = {t_w / t_fb_w:.1f}x (after: {fb[2]:.3f} s), "
+             f"{res_w.settings['products']} products")
     n = res.fisher.samples * res.fisher.outputs
     ref_trace = "exact" if n <= 400 else "hutchinson"
     # reference: λ_max to a 1e-6 residual (the true error is ≈ r²/gap, far smaller), the trace exact or
@@ -136,8 +147,8 @@ def bench_resnet(a) -> dict:
     _log(f"lambda_max alone: {lanczos_products} products, {lz1.lambda_max:.7g}")
     out = {
         "model": f"ResNet-18 width {a.width}", "P": P, "batch": a.batch, "image": a.image, "C": 10,
-        "forward_backward_s": t_fb, "analyze_s": t, "ratio": t / t_fb, "products": res.settings["products"],
-        "analyze_what_if_s": t_w, "ratio_what_if": t_w / t_fb,
+        "forward_backward_s": t_fb, "forward_backward_runs_s": fb, "analyze_s": t, "ratio": t / t_fb,
+        "products": res.settings["products"], "analyze_what_if_s": t_w, "ratio_what_if": t_w / t_fb_w,
         "products_what_if": res_w.settings["products"] if res_w is not None else None,
         "lambda_max": res.lambda_max, "lambda_max_ref": ref.lambda_max, "lambda_max_rel_err": lam_err,
         "lambda_max_rel_error_estimate": res.fisher.lambda_max_rel_error,
@@ -157,11 +168,15 @@ def bench_resnet(a) -> dict:
 
 
 def bench_curvlinops(model, x, ref: float) -> dict:
-    """curvlinops' GGN (MSE, sum) = 2 Jᵀ J, eigsh for λ_max; F* λ_max = GGN λ_max / (2T)."""
+    """curvlinops' GGN (MSE, sum) = 2 Jᵀ J, eigsh for λ_max; F* λ_max = GGN λ_max / (2T).
+
+    eigsh gets nf.analyze's float32 default accuracy (ARPACK's tol: Ritz residual <= tol·|θ|, the
+    same rule as nf.analyze's Lanczos), and its GGN products are counted.
+    """
     import copy
 
     from curvlinops import GGNLinearOperator
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     m = copy.deepcopy(model)
     for mod in m.modules():
@@ -172,11 +187,18 @@ def bench_curvlinops(model, x, ref: float) -> dict:
     y = torch.zeros(x.shape[0], 10)
     op = GGNLinearOperator(m, torch.nn.MSELoss(reduction="sum"), params, [(x, y)], check_deterministic=False)
     sp = op.to_scipy() if hasattr(op, "to_scipy") else op
+    count = [0]
+
+    def mv(v):
+        count[0] += 1
+        return sp @ v
+
+    counted = LinearOperator(sp.shape, matvec=mv, dtype=sp.dtype)
     t0 = time.perf_counter()
-    w = eigsh(sp, k=1, which="LA", return_eigenvectors=False)
+    w = eigsh(counted, k=1, which="LA", tol=1e-4, return_eigenvectors=False)
     t = time.perf_counter() - t0
     lam = float(w[0]) / (2 * x.shape[0])
-    return {"seconds": t, "lambda_max": lam, "rel_err": abs(lam - ref) / ref}
+    return {"seconds": t, "lambda_max": lam, "rel_err": abs(lam - ref) / ref, "ggn_products": count[0], "tol": 1e-4}
 
 
 def bench_vit(a) -> dict:
@@ -185,10 +207,13 @@ def bench_vit(a) -> dict:
     model = vit.make_model(a.vit_dim, a.vit_depth, image=a.vit_image)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(a.vit_batch, 3, a.vit_image, a.vit_image, generator=g)
-    t_fb = forward_backward_seconds(model, x)
+    fb = [forward_backward_seconds(model, x)]
     res, t = timed(lambda: nf.analyze(model, x, dtype="float32"))
+    fb.append(forward_backward_seconds(model, x))
+    t_fb = 0.5 * (fb[0] + fb[1])
     return {"model": f"ViT dim {a.vit_dim} depth {a.vit_depth}", "P": sum(p.numel() for p in model.parameters()),
-            "batch": a.vit_batch, "forward_backward_s": t_fb, "analyze_s": t, "ratio": t / t_fb,
+            "batch": a.vit_batch, "forward_backward_s": t_fb, "forward_backward_runs_s": fb, "analyze_s": t,
+            "ratio": t / t_fb,
             "products": res.settings["products"], "lambda_max": res.lambda_max,
             "lambda_max_rel_error_estimate": res.fisher.lambda_max_rel_error, "trace": res.fisher.trace,
             "trace_stderr": res.fisher.trace_stderr, "route": res.fisher.route, "method": res.fisher.method}
@@ -221,7 +246,8 @@ def main() -> None:
         if "resnet18" in out:
             r = out["resnet18"]
             print(f"{r['model']}{label}: P={r['P']}, batch {r['batch']}, {r['image']}x{r['image']}, "
-                  f"{out['threads']} threads; one forward+backward {r['forward_backward_s']:.3f} s")
+                  f"{out['threads']} threads; one forward+backward {r['forward_backward_s']:.3f} s (runs: "
+                  + ", ".join(f"{v:.3f}" for v in r["forward_backward_runs_s"]) + " s)")
             print(f"  analyze (defaults, layer Grams): {r['analyze_s']:.1f} s = {r['ratio']:.1f}x  [target <= 60x], "
                   f"{r['products']} products, route {r['route']}")
             print(f"  + what_if='last-mean':           {r['analyze_what_if_s']:.1f} s = {r['ratio_what_if']:.1f}x  "
@@ -237,8 +263,9 @@ def main() -> None:
                      f"{r['power_over_lanczos_at_least']:.1f}x) [target >= 3x]"))
             if "curvlinops" in r:
                 c = r["curvlinops"]
-                print(f"  curvlinops GGN + eigsh: {c['seconds']:.1f} s for lambda_max {c['lambda_max']:.7g}; nf.analyze "
-                      f"lambda_max alone (k=1, 2 probes, no layers) {r['lambda_max_alone_s']:.1f} s [target: no slower]")
+                print(f"  curvlinops GGN + eigsh (tol 1e-4): {c['seconds']:.1f} s, {c['ggn_products']} GGN products, "
+                      f"lambda_max {c['lambda_max']:.7g}; nf.analyze lambda_max alone (k=1, 2 probes, no layers) "
+                      f"{r['lambda_max_alone_s']:.1f} s [target: no slower]")
         if "vit" in out:
             v = out["vit"]
             print(f"{v['model']}{label}: P={v['P']}, batch {v['batch']}; forward+backward {v['forward_backward_s']:.3f} s; "

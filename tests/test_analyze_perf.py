@@ -72,3 +72,51 @@ def test_blocked_hutchinson_trace_against_the_dense_dual(what_if):
         w = h.what_if["last-mean"]
         assert "minus its mean part" in w.method
         assert w.trace_stderr == h.fisher.trace_stderr
+
+
+def _outliers_along_the_means(T=40, C=4, seed=0):
+    """A Fisher-like dual: a Wishart bulk plus C outliers along u_k = (1_T ⊗ e_k)/√T."""
+    n = T * C
+    X = np.random.default_rng(seed).standard_normal((n, 3 * n))
+    U = np.zeros((C, T, C))
+    U[np.arange(C), :, np.arange(C)] = 1 / np.sqrt(T)
+    U = U.reshape(C, n).T
+    F = X @ X.T / (3 * n) + U @ np.diag(np.linspace(40, 37, C)) @ U.T
+    return 0.5 * (F + F.T), U
+
+
+def test_projected_ritz_is_rayleigh_ritz_of_the_centred_dual():
+    """Ritz pairs of Π F* Π from a finished run on F*, by the Lanczos relation and UᵀF*U only, against
+    Π F* Π applied explicitly: orthonormal, in the range of Π, diagonalising it, below its λ_max."""
+    from normfield.analyze.ntk import projected_ritz
+    from normfield.core import krylov
+
+    T, C = 40, 4
+    F, U = _outliers_along_the_means(T, C)
+    P = np.eye(T * C) - U @ U.T
+    Fb = P @ F @ P
+    lz = krylov.lanczos(lambda v: F @ v, T * C, 3, tol=1e-4, seed=1)
+    th, Y = projected_ritz(lz, U.T @ F @ U, T, C)
+    assert 0 < len(th) <= len(lz.alpha) and np.all(np.diff(th) <= 0)
+    assert np.allclose(Y.T @ Y, np.eye(len(th)), atol=1e-10)
+    assert np.abs(U.T @ Y).max() <= 1e-12
+    assert np.allclose(Y.T @ Fb @ Y, np.diag(th), atol=1e-10 * th[0])
+    assert th[0] <= np.linalg.eigvalsh(Fb)[-1] * (1 + 1e-12)
+
+
+def test_warm_started_variant_reaches_the_dense_lambda_max():
+    """Lanczos on Π F* Π from the warm start converges to the dense λ_max (residual rule, 1e-8)."""
+    from normfield.analyze.ntk import warm_start
+    from normfield.core import krylov
+
+    T, C = 40, 4
+    F, U = _outliers_along_the_means(T, C, seed=2)
+    P = np.eye(T * C) - U @ U.T
+    Fb = P @ F @ P
+    lz = krylov.lanczos(lambda v: F @ v, T * C, 3, tol=1e-4, seed=3)
+    v0 = warm_start(lz, U.T @ F @ U, T, C, 2, seed=4)
+    assert np.abs(U.T @ v0).max() <= 1e-12
+    res = krylov.lanczos(lambda v: Fb @ v, T * C, 2, tol=1e-8, v0=v0)
+    w = np.linalg.eigvalsh(Fb)[::-1]
+    assert res.converged
+    assert np.all(np.abs(res.eigenvalues - w[:2]) <= res.errors + 1e-12 * w[0])

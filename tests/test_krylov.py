@@ -64,6 +64,28 @@ def test_lanczos_basis_is_orthonormal_and_tridiagonalises():
     assert np.linalg.norm(A @ V[:, 0] - r.eigenvalues[0] * V[:, 0]) <= 1e-4 * r.eigenvalues[0]
 
 
+@pytest.mark.parametrize("how", ["converged", "budget", "max_steps"])
+def test_lanczos_relation_holds_with_the_returned_residual(how):
+    """A Qᵀ = Qᵀ T_m + r e_mᵀ with the returned residual r, however the run ended, so that A is known
+    on the Krylov space without another product (round-off: float64 products of norm ~12)."""
+    A = _mp_spikes(n=200, seed=4)
+    calls = [0]
+
+    def mv(v):
+        calls[0] += 1
+        return A @ v
+
+    kw = {"converged": {}, "budget": {"stop": lambda: calls[0] >= 9}, "max_steps": {"max_steps": 7}}[how]
+    r = lanczos(mv, 200, 2, tol=1e-10, seed=5, **kw)
+    assert r.stopped == how
+    Q, m = r.basis, len(r.alpha)
+    Tm = np.diag(r.alpha) + np.diag(r.beta, 1) + np.diag(r.beta, -1)
+    e = np.zeros(m)
+    e[-1] = 1.0
+    assert np.allclose(A @ Q.T, Q.T @ Tm + np.outer(r.residual, e), atol=1e-12 * np.abs(A).sum(1).max())
+    assert np.allclose(Q @ r.residual, 0.0, atol=1e-12 * (np.linalg.norm(r.residual) + 1))
+
+
 def test_lanczos_degenerate_cluster_small_operator_and_budget():
     n = 150
     lam = np.concatenate([[5.0, 5.0, 4.999], np.linspace(0, 1, n - 3)])

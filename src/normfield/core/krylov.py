@@ -60,6 +60,8 @@ class LanczosResult:
         alpha, beta: the tridiagonal T_m = Qᵀ A Q (diagonal (m,), off-diagonal (m−1,)).
         stopped: why the iteration ended: ``"converged"``, ``"invariant"``
             (an invariant subspace: the Ritz values are exact), ``"max_steps"`` or ``"budget"``.
+        residual: the vector r of the Lanczos relation A Qᵀ = Qᵀ T_m + r e_mᵀ, shape (n,)
+            (r = β_m q_{m+1}), so that A is known on the whole Krylov space without a product.
     """
 
     eigenvalues: np.ndarray
@@ -71,6 +73,7 @@ class LanczosResult:
     alpha: np.ndarray = field(repr=False)
     beta: np.ndarray = field(repr=False)
     stopped: str = "converged"
+    residual: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def relative_errors(self) -> np.ndarray:
@@ -214,12 +217,14 @@ def lanczos(
             break
         beta.append(b)
         Q[m] = w / b
+    if why == "budget":  # the last step's residual was normalised into Q[m]
+        w = beta[m - 1] * Q[m] if m >= 1 and len(beta) >= m else np.zeros(n)
     kk = min(k, len(th))
     V = Q[:m].T @ S[:, :kk]
     scale = max(abs(float(th[0])), 1e-300)
     ok = bool(np.all(err[:kk] <= tol * scale))
     return LanczosResult(th[:kk].copy(), V, err[:kk].copy(), m, ok, Q[:m].copy(), np.asarray(alpha[:m]),
-                         np.asarray(beta[:m - 1]), why)
+                         np.asarray(beta[:m - 1]), why, w.copy())
 
 
 def slq(matvec: Matvec, n: int, *, probes: int = 4, steps: int = 30, seed: int = 0,

@@ -17,7 +17,10 @@ steps:
   evaluated in blocks of up to 16 (one vmapped VJP per block on a GPU, a loop
   of VJPs on the CPU: :meth:`normfield.core.jacobian.JacobianOperator.vjp_batched`); with
   ``what_if="last-mean"`` the estimate of tr F* is brought to 1 % of
-  tr F̄* = tr F* − Σ_k ‖Jᵀu_k‖²/T, so the projected trace costs C VJPs more.
+  tr F̄* = tr F* − Σ_k ‖Jᵀu_k‖²/T, so the projected trace costs C VJPs more
+  (the same C VJPs warm-start the variant's Lanczos run:
+  :func:`normfield.analyze.ntk.projected_ritz`); each variant gets its λ_max
+  unless ``what_if_k`` asks for more.
   Products are counted per vector (a batched VJP of b rows counts b): on a
   compute-bound CPU a batched row costs about as much as a single VJP (twice as
   much on a ViT, whence the loop there), on GPUs much less.

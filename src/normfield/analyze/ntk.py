@@ -20,7 +20,10 @@ is a projection on the output side, f̄ = Π f with Π = I − Σ_k u_k u_kᵀ a
 u_k = (1_T ⊗ e_k)/√T, so its dual is F̄* = Π F* Π: it is computed with the same
 Jacobian products (no second graph), its trace is
 tr F̄* = tr F* − Σ_k ‖Jᵀu_k‖²/T (C more VJPs), and on the dense route F̄* itself
-costs nothing more.
+costs nothing more. On the Lanczos route the same C VJPs give UᵀF*U, with which the
+main run's Krylov space yields Ritz vectors of F̄* without a product
+(:func:`projected_ritz`); the variant's own Lanczos run starts from them
+(:func:`warm_start`).
 
 Two engines, both differentiating the whole batch at once (train-mode
 batch-norm couplings between samples are exact), on the products of

@@ -65,8 +65,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "TRACE_OP_FLOPS", "JacobianOperator", "gram_matvec", "math_kernels",
-           "is_oom"]
+__all__ = ["ROUTES", "AUTO_ROUTES", "TRACE_AFTER", "TRACE_MIN_FLOPS", "TRACE_OP_FLOPS", "JacobianOperator",
+           "gram_matvec", "math_kernels", "is_oom"]
 
 #: Product routes (the ``jvp=`` choices besides "auto"; see the module docstring).
 ROUTES = ("forward", "forward-math", "double-vjp", "double-vjp-math", "linearize", "linearize-math")
@@ -145,7 +145,7 @@ class JacobianOperator:
         self.products = 0
         self._graph: tuple | None = None  # double-VJP graph: (out, leaves, u, grads)
         self._lin: Callable[[Params], torch.Tensor] | None = None  # the traced tangent map (linearize routes)
-        self._forward_jvps = 0  # forward-mode JVPs so far (route "auto" traces after TRACE_AFTER of them)
+        self._forward_jvps = 0  # forward-mode JVPs so far (route "auto" traces once they cost what a trace would)
         self._jvp_flops = 0.0  # matmul/conv flops of the first forward-mode JVP (route "auto")
         self._jvp_ops = 0  # aten ops dispatched by the first forward-mode JVP (route "auto")
         self._rebuild_vjp(route if route != "auto" else "forward")

@@ -363,9 +363,9 @@ def test_generic_gram_matvec_on_a_plain_function(traced, monkeypatch):
 def test_trace_waits_longer_for_many_small_ops(monkeypatch):
     """The rent-or-buy estimate of a trace: TRACE_AFTER JVPs plus ops·TRACE_OP_FLOPS/flops, with the
     ops counted by a dispatch mode (checked against the nodes of an independent make_fx trace of the
-    same JVP). Two functions with the same flops (the matrix products of the same trace): the one with 40 more elementwise ops per matmul is
-    estimated dearer and, after the same number of JVPs, is still on forward mode while the other
-    has switched to the trace."""
+    same JVP, and the flops against its matrix products). Two functions with the same flops: the one
+    with 40 more elementwise ops is estimated dearer and, after the same number of JVPs, is still on
+    forward mode while the other has switched to the trace."""
     import normfield.core.jacobian as jac
     from torch.fx.experimental.proxy_tensor import make_fx
 

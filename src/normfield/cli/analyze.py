@@ -193,9 +193,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     budget: Any = args.budget
     if budget is not None and budget.strip().isdigit():
         budget = int(budget)
-    res = analyze(model, x, what_if=args.what_if, what_if_k=args.what_if_k, k=args.k, method=args.method, mode=args.mode, layers=layers,
-                  parameters=params, fisher=not args.no_fisher, dtype=args.dtype, device=args.device, seed=args.seed,
-                  tol=args.tol, trace=args.trace, budget=budget, progress=args.progress)
+    res = analyze(model, x, what_if=args.what_if, what_if_k=args.what_if_k, k=args.k, method=args.method,
+                  mode=args.mode, layers=layers, parameters=params, fisher=not args.no_fisher, dtype=args.dtype,
+                  device=args.device, seed=args.seed, tol=args.tol, trace=args.trace, budget=budget,
+                  progress=args.progress)
     payload = res.to_dict()
     payload["model"] = args.model
     if args.report is not None:

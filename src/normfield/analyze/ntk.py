@@ -172,11 +172,6 @@ def _mean_block(op: JacobianOperator, T: int, C: int) -> np.ndarray:
     return 0.5 * (M + M.T)
 
 
-def _mean_part(op: JacobianOperator, T: int, C: int) -> float:
-    """Σ_k u_kᵀ F* u_k = Σ_k ‖Jᵀu_k‖²/T: tr F* − tr F̄* (C VJPs)."""
-    return float(np.trace(_mean_block(op, T, C)))
-
-
 def projected_ritz(lz: krylov.LanczosResult, UFU: np.ndarray, T: int, C: int) -> tuple[np.ndarray, np.ndarray]:
     """Ritz pairs of F̄* = Π F* Π on the projected Krylov space of a Lanczos run on F*, without a product.
 
@@ -340,11 +335,11 @@ def fisher_spectra(
     try:
         results: dict[str, FisherSpectrum] = {}
         main_trace: tuple[float, float, bool] | None = None  # (value, stderr, exact) of the uncentred F*
-        mean_part: float | None = None
         mean_blk: list[np.ndarray] = []  # UᵀF*U, once (C VJPs)
         main_lz: krylov.LanczosResult | None = None  # the run on the uncentred F*: warm-starts the variants
 
         def mean_of_f() -> float:
+            """Σ_k u_kᵀ F* u_k = Σ_k ‖Jᵀu_k‖²/T = tr F* − tr F̄* (C VJPs, the first time only)."""
             if not mean_blk:
                 mean_blk.append(_mean_block(op, T, C))
             return float(np.trace(mean_blk[0]))
@@ -361,7 +356,7 @@ def fisher_spectra(
             v0 = center_outputs(np.random.default_rng(seed).standard_normal(n), T) if cen else None
             if cen and main_lz is not None and not meter.stop():
                 # Rayleigh–Ritz of Π F* Π on the main run's projected Krylov space: a start vector for free
-                mean_part = mean_of_f()
+                mean_of_f()
                 warm = warm_start(main_lz, mean_blk[0], T, C, kk, seed)
                 v0 = v0 if warm is None else warm
             lz = krylov.lanczos(mv, n, kk, tol=tol, seed=seed, max_steps=max_steps, stop=meter.stop, v0=v0)
@@ -375,17 +370,15 @@ def fisher_spectra(
                     main_trace = (_exact_trace(op, chunk), 0.0, True)
                 tr, se = main_trace[0], 0.0
                 if cen:
-                    mean_part = mean_of_f()
-                    tr -= mean_part
+                    tr -= mean_of_f()
                 how = "exact trace"
             else:
                 offset = 0.0
                 if not cen and probes is None and any(want[v] for v in variants) and not meter.exhausted:
                     # tr F̄* = tr F* − (C VJPs): aim the main estimate's standard error at rtol·tr F̄*
-                    mean_part = mean_of_f()
-                    offset = mean_part
+                    offset = mean_of_f()
                 tr, se, how = _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter,
-                                                main_trace, mean_part, offset)
+                                                main_trace, mean_of_f, offset)
                 if not cen:
                     main_trace = (tr, se, se == 0.0)
             dn = dw = None
@@ -406,10 +399,10 @@ def fisher_spectra(
 
 def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part, offset=0.0):
     """tr of F* (or Π F* Π) by deflated Hutchinson on the Lanczos basis; for Π F* Π, first try
-    tr F* − Σ_k ‖Jᵀu_k‖²/T from the main estimate (C VJPs) and keep it if precise enough."""
+    tr F* − Σ_k ‖Jᵀu_k‖²/T from the main estimate (``mean_part()``, C VJPs once) and keep it if
+    precise enough."""
     if cen and main_trace is not None and probes is None:
-        mp = _mean_part(op, T, C) if mean_part is None else mean_part
-        tr, se = main_trace[0] - mp, main_trace[1]
+        tr, se = main_trace[0] - mean_part(), main_trace[1]
         if tr > 0 and se <= trace_rtol * tr:
             return tr, se, "trace of F* minus its mean part"
 
@@ -433,7 +426,7 @@ def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, mai
         # the estimator would need more probes than T·C: the exact trace is cheaper
         tr = (main_trace[0] if main_trace is not None and main_trace[2] else _exact_trace(op, None))
         if cen:
-            tr -= _mean_part(op, T, C) if mean_part is None else mean_part
+            tr -= mean_part()
         return tr, 0.0, "exact trace"
     return est.value, est.stderr, f"hutchinson trace ({est.probes} probes deflated by the Lanczos basis)"
 

@@ -148,6 +148,7 @@ class JacobianOperator:
         self._forward_jvps = 0  # forward-mode JVPs so far (route "auto" traces once they cost what a trace would)
         self._jvp_flops = 0.0  # matmul/conv flops of the first forward-mode JVP (route "auto")
         self._jvp_ops = 0  # aten ops dispatched by the first forward-mode JVP (route "auto")
+        self._trace_refused = False  # the trace failed or disagreed with forward mode: never again
         self._rebuild_vjp(route if route != "auto" else "forward")
 
     # -- reverse mode --------------------------------------------------------------
@@ -260,7 +261,7 @@ class JacobianOperator:
 
     def _due_for_trace(self, upcoming: int) -> bool:
         """Route ``auto`` on forward mode: count the JVPs; True once they have cost what a trace would."""
-        if self._requested != "auto" or not self.route.startswith("forward"):
+        if self._requested != "auto" or not self.route.startswith("forward") or self._trace_refused:
             return False
         cost = self.trace_cost_jvps()
         if not math.isfinite(cost):
@@ -289,7 +290,7 @@ class JacobianOperator:
         except Exception:  # noqa: BLE001 - not traceable (or no memory for the trace)
             ok = False
         if not ok:
-            self.route, self._lin, self._forward_jvps = plain, None, -(1 << 62)  # forward mode for good
+            self.route, self._lin, self._trace_refused = plain, None, True  # forward mode for good
         return ok
 
     def jvp(self, t: Params) -> torch.Tensor:

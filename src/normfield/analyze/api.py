@@ -151,7 +151,7 @@ def analyze(
         what_if: ``"last-mean"`` (or a list of variants) to also analyze.
         what_if_k: leading eigenvalues of each variant (default 1: its λ_max, m_λ and
             learning-rate bound). Mean subtraction leaves the flat top of the bulk, whose
-            next eigenvalues lie within a few tenths of a percent of each other and take
+            next eigenvalues lie within a few percent of each other and take
             Lanczos several times the steps λ_max does (a CIFAR ResNet-18: 65–70 steps for
             the top 5 to a 1e-4 residual, 17 for λ_max from the main run's warm start);
             pass ``what_if_k=k`` when they are wanted.
@@ -292,8 +292,7 @@ def analyze(
                 fisher_res, what = fisher_spectra(
                     fn, variants, k=k, what_if_k=what_if_k, method=method, dense_max=dense_max, tol=tol,
                     trace=trace, probes=probes, trace_rtol=trace_rtol, seed=seed, chunk=chunk, progress=progress,
-                    density=density,
-                    budget=budget_, jvp=jvp)
+                    density=density, budget=budget_, jvp=jvp)
             except NormfieldError:
                 raise
             except Exception as e:  # noqa: BLE001

@@ -42,10 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n − 1 in the denominator) and the values of one quantity over seeds.
+
+    With one seed the spread is unknown, not zero: ``std`` is ``None`` (``null`` in ``--json``,
+    ``n/a`` in the table).
+    """
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return {"mean": mean, "std": std, "values": values}
+
+
+def _std_cell(std: float | None) -> float | str:
+    return "n/a" if std is None else std
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
@@ -91,12 +100,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             if meas is None and key not in p["theory"]:
                 continue
             row = {"quantity": key}
-            if meas is not None:
-                row["measured mean"] = meas["mean"]
-                row["std"] = meas["std"]
-            else:
-                row["measured mean"] = p["lambda_max"]["mean"]
-                row["std"] = p["lambda_max"]["std"]
+            meas = meas if meas is not None else p["lambda_max"]
+            row["measured mean"] = meas["mean"]
+            row["std"] = _std_cell(meas["std"])
             row["theory"] = p["theory"].get(key, "")
             rows.append(row)
         c = p["config"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from normfield.errors import NormfieldError
 
-__all__ = ["ModelFunction", "model_state_guard", "select_parameters", "pick_output"]
+__all__ = ["ModelFunction", "model_state_guard", "select_parameters", "pick_output", "Whiten"]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -159,13 +159,17 @@ def pick_output(out: Any) -> torch.Tensor:
 class ModelFunction:
     """``theta -> f(theta)``: the model's outputs on a fixed batch, flattened.
 
-    The output of ``model(inputs)`` (after ``outputs`` selection) must be a
+    The model is called as ``model(*args, **kwargs)``: ``inputs`` is the one
+    positional argument (a tensor of shape (T, ...)) or a tuple of positional
+    arguments, ``kwargs`` the keyword arguments (e.g. ``input_ids`` and
+    ``attention_mask``). The output (after ``outputs`` selection) must be a
     tensor of shape (T, ...); it is flattened to (T, C) and then to (T·C,) in
     sample-major order (index ``t * C + k``).
 
     Attributes:
         model: the module (not modified).
-        inputs: the batch, shape (T, ...), already on the analysis device/dtype.
+        inputs: the batch, shape (T, ...), already on the analysis device/dtype, or a tuple of
+            positional arguments.
         names: differentiated parameter names.
         theta: their values (detached copies), name -> tensor.
         frozen: every other parameter and buffer (detached copies).
@@ -174,6 +178,9 @@ class ModelFunction:
             sequence of output indices (columns of the (T, C) output).
         center: subtract the batch mean of every output (Karakida et al. 2019,
             eq. 15: last-layer mean subtraction f̄ = u_L − E[u_L]).
+        kwargs: keyword arguments of the model call (tensors with the batch dimension first).
+        transform: applied to the (T, C) output after centering (e.g. :class:`Whiten`, the
+            loss factor of the cross-entropy Fisher); ``None``: none.
     """
 
     model: nn.Module
@@ -183,6 +190,8 @@ class ModelFunction:
     frozen: dict[str, torch.Tensor]
     outputs: OutputsArg = None
     center: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def build(
@@ -195,6 +204,7 @@ class ModelFunction:
         device: torch.device,
         outputs: OutputsArg = None,
         center: bool = False,
+        kwargs: dict[str, Any] | None = None,
     ) -> "ModelFunction":
         theta, frozen = {}, {}
         for n, p in model.named_parameters():
@@ -204,15 +214,21 @@ class ModelFunction:
             if b is None:
                 continue
             frozen[n] = b.detach().to(device=device, dtype=dtype if b.is_floating_point() else b.dtype).clone()
-        return cls(model, inputs, list(names), theta, frozen, outputs, center)
+        return cls(model, inputs, list(names), theta, frozen, outputs, center, dict(kwargs or {}))
+
+    def replace(self, **changes: Any) -> "ModelFunction":
+        """A copy with some fields changed (the tensors are shared, not copied)."""
+        return dataclasses.replace(self, **changes)
 
     def with_center(self, center: bool) -> "ModelFunction":
-        return ModelFunction(self.model, self.inputs, self.names, self.theta, self.frozen, self.outputs, center)
+        return self.replace(center=center)
 
     # -- evaluation ------------------------------------------------------------
-    def raw(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's output on the batch, shape (T, C) (before centering)."""
-        out = torch.func.functional_call(self.model, {**self.frozen, **theta}, (self.inputs,))
+    def picked(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The selected output tensor as the model gives it, shape (T, ...) (the last axis is the class
+        axis of a cross-entropy loss, the axes between are positions)."""
+        args = self.inputs if isinstance(self.inputs, tuple) else (self.inputs,)
+        out = torch.func.functional_call(self.model, {**self.frozen, **theta}, args, self.kwargs)
         if callable(self.outputs):
             out = self.outputs(out)
         elif isinstance(self.outputs, str):
@@ -221,19 +237,56 @@ class ModelFunction:
         if out.dim() == 0:
             raise NormfieldError("model output is a scalar; it must have a batch dimension (T, ...)",
                                  argument="outputs")
+        return out
+
+    @property
+    def selects_columns(self) -> bool:
+        """``outputs`` is a sequence of column indices."""
+        return self.outputs is not None and not callable(self.outputs) and not isinstance(self.outputs, str)
+
+    def raw(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's output on the batch, shape (T, C) (before centering)."""
+        out = self.picked(theta)
         out = out.reshape(out.shape[0], -1)
-        if self.outputs is not None and not callable(self.outputs) and not isinstance(self.outputs, str):
+        if self.selects_columns:
             idx = torch.as_tensor(list(self.outputs), dtype=torch.long, device=out.device)
             out = out.index_select(1, idx)
         return out
 
     def __call__(self, theta: dict[str, torch.Tensor]) -> torch.Tensor:
-        """f(θ) flattened to (T·C,), sample-major, centered if ``center``."""
+        """f(θ) flattened to (T·C,), sample-major, centered if ``center``, then ``transform``-ed."""
         out = self.raw(theta)
         if self.center:
             out = out - out.mean(dim=0, keepdim=True)
+        if self.transform is not None:
+            out = self.transform(out)
         return out.reshape(-1)
 
     @property
     def num_parameters(self) -> int:
         return int(sum(v.numel() for v in self.theta.values()))
+
+
+@dataclass(frozen=True)
+class Whiten:
+    """The cross-entropy Fisher's loss factor B = (I − s sᵀ) diag(s), s = √p, applied row by row.
+
+    For softmax probabilities p over C classes the Hessian of the cross-entropy with respect to
+    the logits is Λ = diag(p) − p pᵀ (independent of the label: the Fisher of the categorical
+    likelihood equals the generalised Gauss–Newton matrix, Martens 2020, "New insights and
+    perspectives on the natural gradient method", JMLR 21, §9.2). With s = √p (‖s‖ = 1) the matrix
+    I − s sᵀ is a projector, so Λ = diag(s)(I − s sᵀ)(I − s sᵀ)diag(s) = BᵀB. Hence, for the
+    logits z(θ) and J = ∂z/∂θ, Jᵀ Λ J = (BJ)ᵀ(BJ): the Fisher of the cross-entropy is the
+    squared-loss Fisher of the whitened outputs g(θ) = B z(θ), B held fixed at the point.
+    B u = s ⊙ u − s (s · (s ⊙ u)) costs O(C) per row; nothing of size C × C is formed.
+
+    Attributes:
+        s: √p, shape (T, S, C): T samples, S positions, C classes, held fixed (detached).
+    """
+
+    s: torch.Tensor
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        """B z for z of shape (T, S·C) (flattened like ``s``); returns the same shape."""
+        z = out.reshape(self.s.shape) * self.s
+        return (z - self.s * (self.s * z).sum(-1, keepdim=True)).reshape(out.shape)

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action="store_true", help="show a progress bar in Jacobian products (stderr)")
     p.add_argument("--report", metavar="DIR", default=None,
                    help="also write report.md, report.html, result.json and figures for this model into DIR")
+    p.add_argument("--theory", action="store_true",
+                   help="also predict every number at infinite width (normfield predict) and print measured, "
+                        "predicted and their ratio side by side")
     add_device_flags(p)
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -197,7 +200,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
                   mode=args.mode, layers=layers, parameters=params, fisher=not args.no_fisher, dtype=args.dtype,
                   device=args.device, seed=args.seed, tol=args.tol, trace=args.trace, budget=budget,
                   progress=args.progress)
+    if getattr(args, "theory", False):
+        from normfield.analyze.theory import attach_theory, theory_records
+
+        attach_theory(res, model, x, seed=args.seed)
     payload = res.to_dict()
+    if getattr(res, "theory", None) is not None:
+        payload.setdefault("theory", theory_records(res.theory))
     payload["model"] = args.model
     if args.report is not None:
         from normfield.report.model import write_model_report
@@ -233,4 +242,9 @@ def render(p: dict[str, Any]) -> str:
                 "fixed_point", "dist_fixed_point"]
         rows = [{c: ("-" if r.get(c) is None or r.get(c) == "" else r.get(c)) for c in cols} for r in p["layers"]]
         out += ["", "batch Gram G = H H^T / d per layer (Joudaki et al. 2023)", format_table(rows, cols)]
+    if p.get("theory"):
+        cols = ["quantity", "layer", "measured", "predicted", "ratio", "distance"]
+        rows = [{c: ("-" if r.get(c) is None or r.get(c) == "" else r.get(c)) for c in cols} for r in p["theory"]]
+        out += ["", "measured vs predicted at infinite width (ratio = measured/predicted; distance = "
+                "||G_measured - G_predicted||_F)", format_table(rows, cols)]
     return "\n".join(out)

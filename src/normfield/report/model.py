@@ -48,6 +48,14 @@ def _layer_rows(res) -> list[dict[str, Any]]:
     return [{c: r[c] for c in cols} for r in res.layers.to_dict(orient="records")] if len(res.layers) else []
 
 
+def _theory_rows(theory) -> list[dict[str, Any]]:
+    """The measured-vs-predicted frame of :mod:`normfield.analyze.theory` as table rows."""
+    if theory is None or not len(theory):
+        return []
+    return [{c: ("" if c == "distance" and r[c] != r[c] else r[c]) for c in
+             ("quantity", "layer", "measured", "predicted", "ratio", "distance")} for r in theory.to_dict("records")]
+
+
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(none)\n"
@@ -72,7 +80,9 @@ def write_model_report(res, out_dir: str | Path, *, title: str = "model") -> dic
     Files: ``report.md``, ``report.html`` (self-contained), ``result.json`` (``res.to_dict()`` plus the
     environment), ``spectrum.png`` (:func:`normfield.analyze.plots.plot_spectrum`, when a density or the
     full spectrum is available) and ``layers.png`` (:func:`normfield.analyze.plots.plot_layer_conditioning`,
-    when layers were hooked).
+    when layers were hooked); with ``res.theory`` (:func:`normfield.analyze.theory.attach_theory`) a
+    measured-vs-predicted table and ``theory.png``
+    (:func:`normfield.analyze.theory.plot_theory_conditioning`).
 
     Returns:
         {"md", "html", "json", and each figure's name}: the paths written.
@@ -97,9 +107,21 @@ def write_model_report(res, out_dir: str | Path, *, title: str = "model") -> dic
         fig = plot_layer_conditioning(res, path=out / "layers.png")
         plt.close(fig)
         figs.append(("layers.png", "Batch Gram conditioning per layer"))
+    theory = getattr(res, "theory", None)
+    theory_rows = _theory_rows(theory)
+    if theory is not None and (theory.quantity == "condition_number").any():
+        from normfield.analyze.theory import plot_theory_conditioning
+
+        fig = plot_theory_conditioning(theory, path=out / "theory.png")
+        plt.close(fig)
+        figs.append(("theory.png", "Layer conditioning by depth: measured vs predicted (infinite width)"))
     for name, _ in figs:
         paths[name] = out / name
     payload = {"title": title, "result": res.to_dict(), "environment": environment(res.settings.get("device", "cpu"))}
+    if theory_rows and "theory" not in payload["result"]:
+        from normfield.analyze.theory import theory_records
+
+        payload["result"]["theory"] = theory_records(theory)
     atomic_write(out / "result.json", json.dumps(jsonable(payload), indent=1, allow_nan=False))
     paths["json"] = out / "result.json"
     s = res.settings
@@ -111,6 +133,8 @@ def write_model_report(res, out_dir: str | Path, *, title: str = "model") -> dic
     if f is not None:
         md += ["Top eigenvalues: " + ", ".join(_num(float(v)) for v in f.eigenvalues), ""]
     md += ["## Batch Gram per layer (Joudaki et al. 2023, eqs. (2), (10))", "", _md_table(layer_rows)]
+    if theory_rows:
+        md += ["## Measured vs predicted at infinite width (ratio = measured/predicted)", "", _md_table(theory_rows)]
     md += [f"![{cap}]({name})\n" for name, cap in figs]
     atomic_write(out / "report.md", "\n".join(md))
     paths["md"] = out / "report.md"
@@ -122,7 +146,9 @@ def write_model_report(res, out_dir: str | Path, *, title: str = "model") -> dic
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>normfield analysis: {html.escape(title)}</h1>"
             f"<p>{html.escape(head)}</p><h2>Fisher/NTK dual F* = J Jᵀ/T</h2>{_html_table(fisher_rows)}{top}"
-            f"<h2>Batch Gram per layer</h2>{_html_table(layer_rows)}{imgs}</body></html>")
+            f"<h2>Batch Gram per layer</h2>{_html_table(layer_rows)}"
+            + (f"<h2>Measured vs predicted at infinite width</h2>{_html_table(theory_rows)}" if theory_rows else "")
+            + f"{imgs}</body></html>")
     atomic_write(out / "report.html", page)
     paths["html"] = out / "report.html"
     return paths

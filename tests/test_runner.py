@@ -238,7 +238,7 @@ def _dies_on_seed_3(cell):  # imported by spawned pool workers (they inherit sys
 
 def test_dead_pool_worker_is_a_clear_error_and_finished_cells_stay_cached(tmp_path):
     cells = [{"seed": s} for s in range(4)]
-    with pytest.raises(NormfieldError, match="--workers: a pool process died"):
+    with pytest.raises(NormfieldError, match="^workers=2: a pool process died .*cached.*pass workers=1"):
         run_sweep(_dies_on_seed_3, cells, name="t", progress=False, workers=2, cache_dir=tmp_path)
     from normfield.runner.cache import ResultCache
 

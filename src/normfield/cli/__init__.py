@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     opened_before = open_executors()
     try:
-        with default_executor("auto"):  # sweeps use the usable CPUs unless told otherwise
+        with default_executor("auto", flags=True):  # the usable CPUs unless told otherwise; errors name flags
             payload, render = args.func(args)
     except NormfieldError as e:
         print(f"normfield: error: {e}", file=sys.stderr)

@@ -39,21 +39,29 @@ __all__ = ["EXECUTORS", "prepare_executor", "open_executors", "shutdown_executor
 EXECUTORS = ("local", "process", "auto", "dask")
 _DEFAULT_TIMEOUT_S = 5.0
 _DEFAULT_EXECUTOR = ["local"]  # what executor=None (with no workers/dask flag) means; the CLI sets "auto"
+_FLAG_NAMES = [False]  # errors name the command's flags (--workers 1) instead of run_sweep's (workers=1)
+# exit status of a spawned pool worker that found itself re-running a main script which starts a pool
+# again (top-level code not under `if __name__ == "__main__":`): it leaves quietly, the driver explains
+UNSAFE_MAIN_EXIT = 86
 _CLIENTS: dict[tuple, Any] = {}
 _SCRATCH: dict[tuple, str] = {}
 
 
 @contextlib.contextmanager
-def default_executor(name: str) -> Iterator[None]:
-    """Within the block, sweeps given no executor option run on ``name`` (``"local"`` or ``"auto"``)."""
+def default_executor(name: str, *, flags: bool = False) -> Iterator[None]:
+    """Within the block, sweeps given no executor option run on ``name`` (``"local"`` or ``"auto"``).
+
+    ``flags=True`` (the ``normfield`` command): errors about the pool name the command's flags
+    (``--workers 1``) rather than :func:`~normfield.runner.sweep.run_sweep`'s arguments (``workers=1``).
+    """
     if name not in ("local", "auto"):
         raise NormfieldError(f"default executor must be 'local' or 'auto', got {name!r}", argument="executor")
-    old = _DEFAULT_EXECUTOR[0]
-    _DEFAULT_EXECUTOR[0] = name
+    old = _DEFAULT_EXECUTOR[0], _FLAG_NAMES[0]
+    _DEFAULT_EXECUTOR[0], _FLAG_NAMES[0] = name, bool(flags)
     try:
         yield
     finally:
-        _DEFAULT_EXECUTOR[0] = old
+        _DEFAULT_EXECUTOR[0], _FLAG_NAMES[0] = old
 
 
 # -- cell execution (also runs inside pool processes and Dask workers) --------
@@ -226,10 +234,17 @@ def _check_options(
 
 
 def _check_not_bootstrapping(executor: str) -> None:
-    """Refuse to start workers from a spawned child that is still importing the main script."""
+    """Refuse to start workers from a spawned child that is still importing the main script.
+
+    A pool worker (``"process"``, ``"auto"``) leaves quietly with :data:`UNSAFE_MAIN_EXIT`, and the
+    driver, which sees its pool break, raises one error in the caller's terms
+    (:func:`normfield.runner.sweep.pool_died_error`); a traceback from every worker would bury it.
+    """
     import multiprocessing as mp
 
     if getattr(mp.current_process(), "_inheriting", False):
+        if executor in ("process", "auto"):
+            raise SystemExit(UNSAFE_MAIN_EXIT)
         flag = "--workers" if executor == "process" else "--dask-local"
         raise NormfieldError(
             f"{flag}: a worker process is re-running your main script while it starts; put the script's "
@@ -373,6 +388,26 @@ class LocalPool:
         self._ready = 0
         self.executor = ProcessPoolExecutor(max_workers=self.n, mp_context=ctx, initializer=_pool_init,
                                             initargs=(threads, self._ready_q))
+        # the executor's own {pid: process} dict, filled as it spawns (it drops the name on shutdown)
+        procs = getattr(self.executor, "_processes", None)
+        self._procs: dict = procs if isinstance(procs, dict) else {}
+
+    def unsafe_main(self, wait_s: float = 5.0) -> bool:
+        """Whether a worker left because it re-ran a main script that starts a pool (:data:`UNSAFE_MAIN_EXIT`).
+
+        Called once the pool is broken; the executor's own thread is reaping the workers then, and a
+        status it reaped first reads as None for a moment, so this waits (at most ``wait_s``) for all.
+        """
+        import time
+
+        end = time.monotonic() + wait_s
+        while True:
+            codes = [getattr(p, "exitcode", None) for p in list(self._procs.values())]
+            if UNSAFE_MAIN_EXIT in codes:
+                return True
+            if None not in codes or time.monotonic() > end:
+                return False
+            time.sleep(0.05)
 
     def start(self) -> "LocalPool":
         """Start every worker now (in the background: returns at once)."""

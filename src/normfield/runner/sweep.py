@@ -50,6 +50,7 @@ from normfield.errors import NormfieldError
 from normfield.runner.sidebyside import side_by_side, waiting
 from normfield.runner.executors import (  # noqa: F401 - re-exported: public names of this module
     _DEFAULT_TIMEOUT_S,
+    _FLAG_NAMES,
     EXECUTORS,
     _check_not_bootstrapping,
     _check_options,
@@ -181,8 +182,8 @@ def run_sweep(
         full.append(c)
     if ex in ("process", "dask"):
         _check_picklable(fn, ex)
-        if ex == "process" or dask_local is not None:
-            _check_not_bootstrapping(ex)
+    if ex in ("process", "auto") or dask_local is not None:
+        _check_not_bootstrapping(ex)
 
     ident = fn_identity(fn)
     # threads join the key: they change the last bits of the numbers (0 = unpinned).
@@ -209,11 +210,11 @@ def run_sweep(
     try:
         if todo:
             if ex == "auto":
-                _run_auto(fn, full, todo, threads, device, store, bar)
+                _run_auto(fn, full, todo, threads, device, store, bar, cached=cache is not None)
             elif ex == "local":
                 _run_local(fn, full, todo, threads, store, bar)
             elif ex == "process":
-                _run_process(fn, full, todo, threads, workers, store, bar)
+                _run_process(fn, full, todo, threads, workers, store, bar, cached=cache is not None)
             else:
                 client = _dask_client(scheduler, dask_local, threads, timeout)
                 _run_dask(client, fn, full, todo, keys, name, threads, store, bar)
@@ -234,6 +235,41 @@ def run_sweep(
         "wall_time_s": time.perf_counter() - t0,
     }
     return df
+
+
+def pool_died_error(pool: Any, *, executor: str, workers: int | None, cached: bool) -> NormfieldError:
+    """The one error raised when a process pool breaks, in the caller's terms.
+
+    Args:
+        pool: the broken :class:`~normfield.runner.executors.LocalPool`; its workers' exit status tells
+            a main script that is not import-safe (workers are spawned and re-run it) from a killed worker.
+        executor: ``"process"`` or ``"auto"``; names the argument in a Python caller's terms.
+        workers: the ``workers`` argument given (``None``: the default size).
+        cached: whether a results cache is in use (only then are finished cells said to be kept).
+    """
+    import sys
+
+    flags = _FLAG_NAMES[0]
+    if flags:
+        arg, serial = "--workers", "--workers 1"
+    else:
+        arg = f"workers={workers}" if executor == "process" and workers is not None else f"executor={executor!r}"
+        serial = "workers=1"
+    kept = "; the cells finished so far are cached" if cached else ""
+    if getattr(pool, "unsafe_main", lambda: False)():
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        what = f"your main script ({script})" if script else "your main module"
+        return NormfieldError(
+            f"{arg}: the pool's worker processes are spawned and re-run {what}, whose top-level code starts "
+            f"a pool again; put that code under `if __name__ == \"__main__\":`, or pass {serial} to run "
+            f"the cells in this process{kept}",
+            argument=arg,
+        )
+    return NormfieldError(
+        f"{arg}: a pool process died (killed or out of memory){kept}; pass {serial} to run every cell in "
+        "this process",
+        argument=arg,
+    )
 
 
 def _run_local(fn, full, todo, threads, store, bar) -> None:
@@ -261,7 +297,7 @@ def _auto_pool_size(fn: Callable[..., Any], threads: int, device: str) -> int:
     return n
 
 
-def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
+def _run_auto(fn, full, todo, threads, device, store, bar, *, cached: bool) -> None:
     """In this process until the work repays a pool, then this process and the pool side by side."""
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -313,18 +349,14 @@ def _run_auto(fn, full, todo, threads, device, store, bar) -> None:
                 with waiting():
                     wait(list(futs), timeout=None if ready == pool.n else 0.05, return_when=FIRST_COMPLETED)
     except BrokenProcessPool:
-        raise NormfieldError(
-            "--workers: a pool process died (killed or out of memory); the cells finished so far are cached; "
-            "--workers 1 runs every cell in this process",
-            argument="--workers",
-        ) from None
+        raise pool_died_error(pool, executor="auto", workers=None, cached=cached) from None
     except BaseException:
         for f in futs:
             f.cancel()
         raise
 
 
-def _run_process(fn, full, todo, threads, workers, store, bar) -> None:
+def _run_process(fn, full, todo, threads, workers, store, bar, *, cached: bool) -> None:
     from concurrent.futures import FIRST_EXCEPTION, wait
 
     from concurrent.futures.process import BrokenProcessPool
@@ -344,11 +376,7 @@ def _run_process(fn, full, todo, threads, workers, store, bar) -> None:
             if failed:
                 failed[0].result()  # re-raises the cell's exception
     except BrokenProcessPool:
-        raise NormfieldError(
-            "--workers: a pool process died (killed, out of memory, or a script whose top-level code is not "
-            "under `if __name__ == \"__main__\":`); the cells finished so far are cached",
-            argument="--workers",
-        ) from None
+        raise pool_died_error(pool, executor="process", workers=workers, cached=cached) from None
     except BaseException:
         for f in pending:
             f.cancel()

@@ -47,20 +47,16 @@ import torch
 
 from normfield.analyze._functional import ModelFunction
 from normfield.analyze.cost import DEFAULT_TRACE_RTOL, ProductMeter, default_tol, parse_budget
+from normfield.analyze.operator import CurvatureOperator
 from normfield.core.jacobian import JacobianOperator
 from normfield.analyze.spectrum import FisherSpectrum
+from normfield.analyze.variants import WARM_RANDOM, _mean_block, center_outputs, projected_ritz, warm_start
 from normfield.core import krylov
 from normfield.core.validation import check_choice, check_int, check_memory
 from normfield.errors import NormfieldError
 
-__all__ = ["FisherSpectrum", "fisher_ntk", "fisher_spectra", "dual_matvec", "dense_dual", "lanczos_top",
+__all__ = ["FisherSpectrum", "fisher_ntk", "fisher_spectra", "dual_spectra", "dual_matvec", "dense_dual", "lanczos_top",
            "slq_density", "center_outputs", "projected_ritz", "warm_start"]
-
-
-def center_outputs(v: torch.Tensor | np.ndarray, T: int):
-    """Π v: subtract, for each of the C outputs, its mean over the T samples (v of shape (T·C,))."""
-    w = v.reshape(T, -1)
-    return (w - w.mean(0, keepdims=True) if isinstance(w, np.ndarray) else w - w.mean(0, keepdim=True)).reshape(-1)
 
 
 def _operator(fn: ModelFunction, route: str = "auto") -> tuple[JacobianOperator, int, int]:
@@ -158,81 +154,6 @@ def _exact_trace(op: JacobianOperator, chunk: int | None) -> float:
     return tot * op.scale
 
 
-def _mean_block(op: JacobianOperator, T: int, C: int) -> np.ndarray:
-    """UᵀF*U (C × C, float64) with the columns u_k = (1_T ⊗ e_k)/√T of U: the Gram of the C VJPs
-    Jᵀu_k, times 1/T (C VJPs). Its trace Σ_k ‖Jᵀu_k‖²/T is tr F* − tr F̄*."""
-    U = torch.zeros((C, T, C), dtype=op.out.dtype, device=op.out.device)
-    U[torch.arange(C), :, torch.arange(C)] = 1.0 / math.sqrt(T)
-    M = torch.zeros((C, C), dtype=torch.float64, device=op.out.device)
-    with torch.no_grad():
-        for g in op.vjp_batched(U.reshape(C, T * C)).values():
-            g = g.reshape(C, -1).double()
-            M += g @ g.T
-    M = (M * op.scale).cpu().numpy()
-    return 0.5 * (M + M.T)
-
-
-def projected_ritz(lz: krylov.LanczosResult, UFU: np.ndarray, T: int, C: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ritz pairs of F̄* = Π F* Π on the projected Krylov space of a Lanczos run on F*, without a product.
-
-    The run's relation F* Qᵀ = Qᵀ T_m + r e_mᵀ and UᵀF*U (:func:`_mean_block`) give F̄* on
-    X = Π Qᵀ exactly: with W = UᵀQᵀ (C × m) and K = UᵀF*Qᵀ = W T_m + (Uᵀr) e_mᵀ,
-
-        Xᵀ F̄* X = T_m − KᵀW − WᵀK + Wᵀ (UᵀF*U) W,      XᵀX = I − WᵀW,
-
-    since X lies in the range of Π. Only directions of X with at least 10 % of their norm outside
-    the span of U are kept (the others are the C mean directions, whose projections are round-off).
-
-    Returns:
-        (Ritz values, largest first, shape (r,); Ritz vectors, shape (T·C, r), orthonormal, in the
-        range of Π). r = 0 when no direction is kept.
-    """
-    Qt = lz.basis.T
-    m = Qt.shape[1]
-    if lz.residual is None or m == 0:
-        return np.zeros(0), np.zeros((T * C, 0))
-
-    def ut(x: np.ndarray) -> np.ndarray:  # Uᵀx for x of shape (T·C, ...)
-        return x.reshape(T, C, -1).sum(0) / math.sqrt(T)
-
-    W = ut(Qt)
-    Tm = np.diag(lz.alpha) + np.diag(lz.beta, 1) + np.diag(lz.beta, -1)
-    K = W @ Tm
-    K[:, -1] += ut(lz.residual)[:, 0]
-    H = Tm - K.T @ W - W.T @ K + W.T @ UFU @ W
-    g, E = np.linalg.eigh(np.eye(m) - W.T @ W)
-    keep = g > 1e-2
-    if not keep.any():
-        return np.zeros(0), np.zeros((T * C, 0))
-    B = E[:, keep] / np.sqrt(g[keep])  # X B is orthonormal
-    th, S = np.linalg.eigh(B.T @ (0.5 * (H + H.T)) @ B)
-    coef = B @ S[:, ::-1]
-    Y = Qt @ coef
-    Y = (Y.reshape(T, C, -1) - Y.reshape(T, C, -1).mean(0, keepdims=True)).reshape(T * C, -1)  # Π Qᵀ coef
-    return th[::-1].copy(), Y
-
-
-#: Weight of the random part of the warm start (relative to its unit warm part).
-WARM_RANDOM = 0.25
-
-
-def warm_start(lz: krylov.LanczosResult, UFU: np.ndarray, T: int, C: int, k: int, seed: int) -> np.ndarray | None:
-    """A start vector for Lanczos on F̄* = Π F* Π from a finished Lanczos run on F*, without a product.
-
-    The sum of the top ``k`` Ritz vectors of :func:`projected_ritz`, plus :data:`WARM_RANDOM` times
-    a projected Gaussian vector (``seed``) so that every eigenvector keeps a share of the start;
-    ``None`` when no Ritz vector is available. On a CIFAR ResNet-18 (batch 128, C = 10) the top
-    eigenvector of F̄* lies within 0.99 (cosine) of the projected span of a 24-step run on F*.
-    """
-    th, Y = projected_ritz(lz, UFU, T, C)
-    if not len(th):
-        return None
-    v = Y[:, :min(k, len(th))].sum(1)
-    v /= max(float(np.linalg.norm(v)), 1e-300)
-    r = np.asarray(center_outputs(np.random.default_rng(seed).standard_normal(len(v)), T))
-    return v + WARM_RANDOM * r / max(float(np.linalg.norm(r)), 1e-300)
-
-
 def _dense_spectrum(F: np.ndarray, tr: float, P: int, T: int, C: int, k: int, prods: int, route: str, *,
                     keep_dual: bool, density: bool) -> FisherSpectrum:
     n = F.shape[0]
@@ -266,6 +187,7 @@ def fisher_spectra(
     budget: Any = None,
     progress: bool = False,
     jvp: str = "auto",
+    loss: str = "mse",
 ) -> tuple[FisherSpectrum, dict[str, FisherSpectrum]]:
     """F* of ``fn`` and of its variants (``"last-mean"``: F̄* = Π F* Π) from one set of Jacobian products.
 
@@ -290,12 +212,56 @@ def fisher_spectra(
             answers so far are returned with ``converged=False`` and their error estimates.
         progress: a progress bar in products.
         jvp: product route, ``"auto"`` or one of :data:`normfield.core.jacobian.ROUTES`.
+        loss: ``"mse"`` or ``"cross-entropy"`` (:mod:`normfield.analyze.losses`); variants need ``"mse"``
+            (a centred cross-entropy Fisher is its own operator: ``CurvatureOperator.with_center``).
 
     Returns:
         (the main :class:`FisherSpectrum`, {variant: FisherSpectrum}).
 
     Shapes: F* is (T·C, T·C) with index t·C + k (sample-major).
     """
+    cop = CurvatureOperator.from_function(fn, loss=loss, route=jvp)
+    return dual_spectra(cop, variants, k=k, what_if_k=what_if_k, method=method, dense_max=dense_max, tol=tol,
+                        trace=trace, probes=probes, trace_rtol=trace_rtol, seed=seed, chunk=chunk, keep_dual=keep_dual,
+                        density=density, density_probes=density_probes, density_steps=density_steps,
+                        max_steps=max_steps, budget=budget, progress=progress)
+
+
+def dual_spectra(
+    cop: CurvatureOperator,
+    variants: Sequence[str] = (),
+    *,
+    k: int = 5,
+    what_if_k: int | None = None,
+    method: str = "auto",
+    dense_max: int = 256,
+    tol: float | None = None,
+    trace: str = "auto",
+    probes: int | None = None,
+    trace_rtol: float = DEFAULT_TRACE_RTOL,
+    seed: int = 0,
+    chunk: int | None = None,
+    keep_dual: bool = False,
+    density: bool = False,
+    density_probes: int = 4,
+    density_steps: int = 30,
+    max_steps: int | None = None,
+    budget: Any = None,
+    progress: bool = False,
+    meter: ProductMeter | None = None,
+) -> tuple[FisherSpectrum, dict[str, FisherSpectrum]]:
+    """The spectra of a one-batch (dual-space) :class:`CurvatureOperator` and of its variants.
+
+    The arguments are those of :func:`fisher_spectra`; ``meter`` is a running
+    :class:`normfield.analyze.cost.ProductMeter` to count against (its budget, its bar) instead
+    of a new one. Products of UᵀF*U (C VJPs, :func:`_mean_block`) serve the ``last-mean`` variant
+    and are counted in its row; a dense variant reuses the main run's F* (0 products, ``note``).
+    """
+    if cop.space != "dual":
+        raise NormfieldError("dual_spectra needs a one-batch Fisher operator (space 'dual')", argument="operator")
+    if variants and cop.curvature != "fisher-mse":
+        raise NormfieldError("what_if: variants of a cross-entropy Fisher are separate operators "
+                             "(CurvatureOperator.with_center)", argument="what_if")
     check_choice("method", method, ["auto", "dense", "lanczos"])
     check_choice("trace", trace, ["auto", "exact", "hutchinson"])
     for v in variants:
@@ -306,13 +272,13 @@ def fisher_spectra(
         probes = check_int("probes", probes, minimum=2)
     if not (trace_rtol > 0 and math.isfinite(trace_rtol)):
         raise NormfieldError(f"trace_rtol must be a positive number, got {trace_rtol!r}", argument="trace_rtol")
-    op, T, C = _operator(fn, jvp)
-    n, P = op.n, fn.num_parameters
+    op, T, C = cop.jacobian, cop.T, cop.rows
+    n, P = op.n, cop.parameters
     k, kv = min(k, n), min(kv, n)
     tol = default_tol(op.out.dtype) if tol is None else float(tol)
     if method == "auto":
         method = "dense" if n <= dense_max else "lanczos"
-    want = {"main": fn.center, **{v: True for v in variants}}  # name -> centred?
+    want = {"main": cop.center_outputs, **{v: True for v in variants}}  # name -> centred?
     if method == "dense":
         F, rownorm, prods = dense_dual(op, chunk=chunk, progress=progress)
         Fd = F.double().cpu().numpy()
@@ -326,12 +292,19 @@ def fisher_spectra(
                 out[name] = _dense_spectrum(Fc, float(np.trace(Fc)), P, T, C, k if name == "main" else kv,
                                             prods if name == "main" else 0,
                                             op.route, keep_dual=keep_dual, density=density)
+                if name != "main":
+                    out[name].note = "reuses the main run's dense F*: Π F* Π costs no product"
             else:
                 out[name] = _dense_spectrum(Fd, float(rownorm.double().sum()) * op.scale, P, T, C, k, prods,
                                             op.route, keep_dual=keep_dual, density=density)
+        for r in out.values():
+            r.curvature = cop.curvature
         return out.pop("main"), out
-    meter = ProductMeter(parse_budget(budget), progress=progress)
-    meter.bind(op)
+    own = meter is None
+    if own:
+        meter = ProductMeter(parse_budget(budget), progress=progress)
+        meter.bind(op)
+    mean_cost = {"products": 0, "during": ""}
     try:
         results: dict[str, FisherSpectrum] = {}
         main_trace: tuple[float, float, bool] | None = None  # (value, stderr, exact) of the uncentred F*
@@ -341,11 +314,15 @@ def fisher_spectra(
         def mean_of_f() -> float:
             """Σ_k u_kᵀ F* u_k = Σ_k ‖Jᵀu_k‖²/T = tr F* − tr F̄* (C VJPs, the first time only)."""
             if not mean_blk:
+                before = op.products
                 mean_blk.append(_mean_block(op, T, C))
+                mean_cost.update(products=op.products - before, during=current[0])
             return float(np.trace(mean_blk[0]))
 
+        current = [""]
         for name, cen in want.items():
             start = op.products
+            current[0] = name
 
             def mv(v: np.ndarray, cen=cen) -> np.ndarray:
                 vt = torch.as_tensor(v, dtype=op.out.dtype, device=op.out.device)
@@ -362,6 +339,8 @@ def fisher_spectra(
             lz = krylov.lanczos(mv, n, kk, tol=tol, seed=seed, max_steps=max_steps, stop=meter.stop, v0=v0)
             if not cen:
                 main_lz = lz
+            if name == "main":
+                cop.last = lz
             how = trace if trace != "auto" else ("exact" if n <= 2 * lz.products else "hutchinson")
             if meter.exhausted and how == "exact":
                 how = "hutchinson"
@@ -391,9 +370,17 @@ def fisher_spectra(
                 samples=T, outputs=C, eigenvalues=np.asarray(lz.eigenvalues[:kk], dtype=float),
                 method=f"lanczos, {how}", products=op.products - start, density_nodes=dn, density_weights=dw,
                 eigenvalue_errors=lz.errors.copy(), converged=lz.converged and not meter.exhausted,
-                route=op.route, stopped=lz.stopped)
+                route=op.route, stopped=lz.stopped, curvature=cop.curvature)
     finally:
-        meter.close()
+        if own:
+            meter.close()
+    if "last-mean" in results and mean_cost["products"]:
+        # UᵀF*U serves the variant (its warm start, its trace): count it there, wherever it ran
+        if mean_cost["during"] == "main":
+            results["main"].products -= mean_cost["products"]
+            results["last-mean"].products += mean_cost["products"]
+        results["last-mean"].note = (f"includes the {mean_cost['products']} VJPs of the mean part UᵀF*U; starts "
+                                     "from the Rayleigh–Ritz vector of Π F* Π on the main run's Krylov space")
     return results.pop("main"), results
 
 

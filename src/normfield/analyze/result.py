@@ -30,7 +30,11 @@ class AnalysisResult:
         what_if: alternative Fisher statistics by name; ``"last-mean"`` is the
             same model with last-layer mean subtraction f̄ = f − E_batch[f]
             (Karakida et al. 2019, eq. (15), Thm 3.3).
-        settings: how the analysis ran (dtype, device, mode, method, ...).
+        settings: how the analysis ran (dtype, device, mode, method, loss, curvature, batches, ...).
+        per_batch: one row per batch (``batch``, ``samples``, ``lambda_max``, ``trace``,
+            ``trace_stderr``, ``products``): each batch's own curvature F_b; for a data set the
+            pooled ``fisher`` is F = Σ_b (T_b/N) F_b (:mod:`normfield.analyze.pooled`). ``None``
+            without the curvature.
     """
 
     fisher: FisherSpectrum | None
@@ -38,6 +42,42 @@ class AnalysisResult:
     grams: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     what_if: dict[str, FisherSpectrum] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    per_batch: pd.DataFrame | None = None
+
+    # -- what was measured ----------------------------------------------------------
+    @property
+    def curvature(self) -> str:
+        """Which matrix: ``"fisher-mse"``, ``"fisher-cross-entropy"``, ``"hessian-mse"`` or
+        ``"hessian-cross-entropy"`` (:data:`normfield.analyze.losses.CURVATURES`)."""
+        return self.settings.get("curvature", "fisher-mse")
+
+    @property
+    def samples(self) -> int:
+        """N, the samples analyzed (over every batch)."""
+        return int(self.settings.get("samples", 0))
+
+    @property
+    def batches(self) -> int:
+        """How many batches (1 for one batch)."""
+        return int(self.settings.get("batches", 1))
+
+    @property
+    def lambda_min(self) -> float | None:
+        """Smallest eigenvalue of a Hessian (``None`` for a Fisher, which is positive semi-definite)."""
+        return self._need_fisher().lambda_min
+
+    def per_batch_spread(self) -> dict[str, dict[str, float]]:
+        """Mean and 95 % confidence half-width (Student's t over the batches) of each batch's
+        ``lambda_max`` and ``trace``: ``{"lambda_max": {"mean", "ci95"}, "trace": {...}}``."""
+        from normfield.analyze.pooled import spread
+
+        if self.per_batch is None or not len(self.per_batch):
+            return {}
+        out = {}
+        for col in ("lambda_max", "trace"):
+            m, h = spread(self.per_batch[col].to_numpy())
+            out[col] = {"mean": m, "ci95": h}
+        return out
 
     # -- the headline numbers ------------------------------------------------------
     def _need_fisher(self) -> FisherSpectrum:
@@ -103,6 +143,14 @@ class AnalysisResult:
                     w["lambda_max_ratio"] = v.lambda_max / self.fisher.lambda_max
                     w["m_lambda_ratio"] = v.m_lambda / self.fisher.m_lambda if self.fisher.m_lambda else None
                 d["what_if"][k] = w
+        d["curvature"] = self.curvature
+        d["samples"] = self.samples
+        d["batches"] = self.batches
+        if self.fisher is not None and self.fisher.lambda_min is not None:
+            d["lambda_min"] = self.fisher.lambda_min
+        if self.per_batch is not None:
+            d["per_batch"] = self.per_batch.to_dict(orient="records")
+            d["per_batch_spread"] = self.per_batch_spread()
         d["settings"] = dict(self.settings)
         from normfield.jsonable import jsonable  # strict JSON: inf -> "inf"
 
@@ -113,8 +161,12 @@ class AnalysisResult:
         lines = []
         if self.fisher is not None:
             f = self.fisher
-            lines.append(f"Fisher/NTK over T={f.samples} samples x C={f.outputs} outputs, P={f.parameters} parameters "
-                         f"({f.method}, {f.products} Jacobian products)")
+            what = "Fisher/NTK" if self.curvature == "fisher-mse" else self.curvature
+            lines.append(f"{what} over T={f.samples} samples x C={f.outputs} outputs, P={f.parameters} parameters "
+                         f"({f.method}, {f.products} Jacobian products)" +
+                         (f", {self.batches} batches" if self.batches > 1 else ""))
+            if f.lambda_min is not None:
+                lines.append(f"  lambda_min = {f.lambda_min:.6g}")
             lines.append(f"  lambda_max = {f.lambda_max:.6g}   m_lambda = {f.m_lambda:.6g}   lr bound 2/lambda_max = "
                          f"{f.lr_bound:.6g}")
             for k, v in self.what_if.items():

@@ -31,6 +31,11 @@ class FisherSpectrum:
             budget or the step limit ended the iteration first).
         route: how the Jacobian products were formed (:data:`normfield.core.jacobian.ROUTES`).
         stopped: why Lanczos ended (``converged``, ``invariant``, ``max_steps``, ``budget``; ``""`` if dense).
+        curvature: which matrix (:data:`normfield.analyze.losses.CURVATURES`): ``"fisher-mse"``
+            (F = JᵀJ/T), ``"fisher-cross-entropy"``, ``"hessian-mse"``, ``"hessian-cross-entropy"``.
+        lambda_min: smallest eigenvalue (the Hessians, which can be indefinite); ``None`` otherwise.
+        lambda_min_error: its residual bound.
+        note: how the numbers were obtained where the columns do not say it (e.g. products reused).
         method: ``"dense"`` or ``"lanczos"`` (+ how the trace was obtained).
         products: Jacobian products used (one VJP or one JVP each).
         spectrum: every eigenvalue of F*, shape (T·C,), largest first (dense
@@ -61,6 +66,10 @@ class FisherSpectrum:
     converged: bool = True
     route: str = ""
     stopped: str = ""
+    curvature: str = "fisher-mse"
+    lambda_min: float | None = None
+    lambda_min_error: float | None = None
+    note: str = ""
 
     @property
     def lambda_max_rel_error(self) -> float:
@@ -119,7 +128,13 @@ class FisherSpectrum:
             "converged": bool(self.converged),
             "route": self.route,
             "stopped": self.stopped,
+            "curvature": self.curvature,
         }
+        if self.lambda_min is not None:
+            d["lambda_min"] = self.lambda_min
+            d["lambda_min_error"] = self.lambda_min_error
+        if self.note:
+            d["note"] = self.note
         if self.spectrum is not None:
             d["spectrum"] = [float(x) for x in self.spectrum]
         if self.density_nodes is not None:

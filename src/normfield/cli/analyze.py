@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--factory-kwargs", default="{}", help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
     p.add_argument("--what-if", choices=["last-mean"], default=None,
                    help="also analyze the model with last-layer mean subtraction (Karakida et al. 2019, eq. 15)")
+    p.add_argument("--loss", default="mse", choices=["mse", "cross-entropy"],
+                   help="which Fisher: mse (F = J^T J / T, Karakida et al. 2019; default) or cross-entropy "
+                        "(the Fisher of softmax cross-entropy over the output's last axis = its GGN; no labels)")
     p.add_argument("--k", type=int, default=5, help="leading Fisher eigenvalues to report (default 5)")
     p.add_argument("--what-if-k", type=int, default=1,
                    help="leading eigenvalues of the --what-if variant (default 1: its lambda_max)")
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     res = analyze(model, x, what_if=args.what_if, what_if_k=args.what_if_k, k=args.k, method=args.method,
                   mode=args.mode, layers=layers, parameters=params, fisher=not args.no_fisher, dtype=args.dtype,
                   device=args.device, seed=args.seed, tol=args.tol, trace=args.trace, budget=budget,
-                  progress=args.progress)
+                  progress=args.progress, loss=args.loss)
     if getattr(args, "theory", False):
         from normfield.analyze.theory import attach_theory, theory_records
 
@@ -230,7 +233,14 @@ def render(p: dict[str, Any]) -> str:
                     "P": w["parameters"], "method": w["method"], "products": w["products"]}
 
         rows = [row("as given", f)] + [row(k, w) for k, w in p.get("what_if", {}).items()]
-        out += ["", "Fisher/NTK dual F* = J J^T / T (Karakida et al. 2019)", format_table(rows)]
+        from normfield.analyze.losses import CURVATURES
+
+        curv = p.get("curvature") or "fisher-mse"
+        title = ("Fisher/NTK dual F* = J J^T / T (Karakida et al. 2019)" if curv == "fisher-mse"
+                 else CURVATURES.get(curv, curv))
+        out += ["", title, format_table(rows)]
+        out.append(f"curvature: {curv}" + (f", lambda_min = {fmt(p['lambda_min'])}" if "lambda_min" in p else ""))
+        out += [f"{k}: {w['note']}" for k, w in p.get("what_if", {}).items() if w.get("note")]
         out.append("top eigenvalues: " + ", ".join(fmt(float(v)) for v in p["eigenvalues"]))
         out.append(f"Jacobian products: {p['settings'].get('products', f['products'])} in all"
                    + (f" (route {f['route']})" if f.get("route") else ""))

@@ -223,6 +223,11 @@ def test_stated_error_bounds_finer_rule(T, eps):
     diff = max(np.abs(K - Kf).max(), np.abs(J - Jf).max(), np.abs(m - mf).max())
     assert diff <= err
     assert errf < 1e-11
+    # refine=1: the same stopping level plus one (doubled nodes)
+    Kd, Jd, md, errd, partsd = bn_homogeneous(Sigma, Theta, "relu", eps=eps, rtol=1e-6, refine=1,
+                                              return_parts=True)
+    assert partsd["level"] == parts["level"] + 1 and partsd["nodes"] > parts["nodes"]
+    assert max(np.abs(K - Kd).max(), np.abs(J - Jd).max(), np.abs(m - md).max()) <= err
 
 
 def test_ntk_false_gives_same_nngp_and_zero_ntk():

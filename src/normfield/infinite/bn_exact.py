@@ -236,7 +236,7 @@ def _assemble(S: dict[str, np.ndarray], h: float, A: np.ndarray | None, T: int):
 
 
 def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: float = 1e-5, ntk: bool = True,
-                   rtol: float = 1e-12, atol: float = 0.0, return_parts: bool = False):
+                   rtol: float = 1e-12, atol: float = 0.0, refine: int = 0, return_parts: bool = False):
     """Exact train-mode BN followed by a positively homogeneous σ, at infinite width (module docstring).
 
     Args:
@@ -249,6 +249,8 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
         rtol, atol: nested rules are refined (h = 1/4 … 1/256) until the nested error is below
             ``max(atol, rtol × max|entry|)`` over K, JTJ and mean (or the finest rule is reached;
             the stated error is returned either way).
+        refine: nested levels to add after the tolerance is met (each doubles the nodes; the
+            result and its stated error are then the finer rule's).
         return_parts: also return a :class:`BNParts` (the three JTJ terms, levels, node count).
 
     Returns:
@@ -262,6 +264,7 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
     act, Sigma, Theta, T, eps = _check(Sigma, Theta, activation, eps, bool(ntk))
     rtol = check_float("rtol", rtol, minimum=0.0)
     atol = check_float("atol", atol, minimum=0.0)
+    refine = check_int("refine", refine, minimum=0, maximum=_MAX_LEVEL)
     ntk = bool(ntk)
     ab = (float(act.linear_parts[0]), float(act.linear_parts[1]))
     lam, U, rank = _spectrum(Sigma, T, act, eps, ntk)
@@ -279,6 +282,7 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
     ref = None
     prev = None
     nodes = 0
+    stop = None
     errs = {"K": math.inf, "JTJ": math.inf, "mean": math.inf}
     for level in range(_MAX_LEVEL + 1):
         u, h = _level_nodes(level)
@@ -301,7 +305,9 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
             errs["mean"] = float(np.abs(cur[2] - prev[2]).max())
             errs["JTJ"] = float(np.abs(sum(cur[1]) - sum(prev[1])).max()) if ntk else 0.0
             scale = max(np.abs(cur[0]).max(), np.abs(sum(cur[1])).max() if ntk else 0.0, np.abs(cur[2]).max())
-            if max(errs.values()) <= max(atol, rtol * scale):
+            if stop is None and max(errs.values()) <= max(atol, rtol * scale):
+                stop = level + refine
+            if stop is not None and level >= stop:
                 break
         prev = cur
     K, terms, mean = cur

@@ -21,7 +21,9 @@ order:
 4. **Pointwise activation of one Gaussian**: ``K_ts = E[σ(h_t)σ(h_s)]``,
    ``m_t = E[σ(h_t)]``, ``ntk = E[σ'(h_t)σ'(h_s)] ⊙ Θ`` by
    :func:`normfield.core.kernels.kernel` / ``derivative_kernel`` /
-   ``mean_activation`` (Karakida et al. 2019, eqs. 5–7; Jacot et al. 2018, Thm 1).
+   ``mean_activation`` (Karakida et al. 2019, eqs. 5–7; Jacot et al. 2018, Thm 1);
+   also through a centred affine map with per-unit γ, β (layer/RMS norm of a
+   Gaussian, mean subtraction), see :func:`_act_of_affine`.
 5. **Train-mode batch norm (+ a positively homogeneous activation) of one
    Gaussian**: ``normfield.infinite.bn_exact.bn_homogeneous`` when that module
    is present; the affine parameters add ``E[(σ'(z)z)(σ'(z)z)ᵀ] = K`` (γ; Euler's
@@ -62,19 +64,19 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from normfield.core.activations import Activation
+from normfield.core.activations import Activation, get_activation
 from normfield.core.kernels import derivative_kernel, kernel, mean_activation
 from normfield.core.seeding import derive_seed
 from normfield.errors import NormfieldError
-from normfield.infinite.ops import ActOp, BNTrainOp, UnitOp
+from normfield.infinite.ops import ActOp, AffineOp, BNTrainOp, UnitOp
 from normfield.infinite.state import Component, Leaf, Moments, OpNode, SumNode
 
 __all__ = ["evaluate", "general_route", "pointwise_gauss", "START_POINTS", "MAX_POINTS", "bn_exact_available"]
 
 #: quasi-Monte Carlo points per replicate of the first round
-START_POINTS = 2**11
+START_POINTS = 2**10
 #: cap on the points per replicate
-MAX_POINTS = 2**16
+MAX_POINTS = 2**15
 _CHUNK = 2**13
 
 
@@ -112,6 +114,38 @@ def pointwise_gauss(act: Activation, Sigma: np.ndarray, Theta: np.ndarray) -> tu
     m, em = mean_activation(act, q11[:, 0], return_error=True)
     err = max(float(np.linalg.norm(eK)), float(np.linalg.norm(eD * np.abs(Theta))), float(np.linalg.norm(em)))
     return np.asarray(K), np.asarray(m), np.asarray(D) * Theta, err
+
+
+def _act_of_affine(act: Activation, aff: AffineOp, comp: Component) -> Moments:
+    """Route 4 through a centred affine map: ``y = γ A h + β`` with ``h ~ N(0, Σ)`` is Gaussian
+    ``N(0, AΣAᵀ)`` at ``γ = 1, β = 0``; the NTK of ``σ(y)`` is ``E[σ'σ'] ⊙ AΘAᵀ`` plus
+    ``[γ] E[ψ(y_t)ψ(y_s)]`` (``ψ(x) = x σ'(x)``, the γ-derivative ``σ'(y) y``) plus ``[β] E[σ'σ']``."""
+    R = comp.cov.shape[0]
+    psi = None
+    if aff.gamma:
+        npd = act.numpy_pair()[1]
+        psi = act if act.homogeneous else Activation(f"x*d{act.label}", lambda x: x * act.derivative(x),
+                                                     smooth=act.smooth, np_fn=lambda x: x * npd(x))
+    Ks, ms, Ns = [], [], []
+    qerr = comp.qerr
+    for r in range(R):
+        A = aff.A[r]
+        S, Th = A @ comp.cov[r] @ A.T, A @ comp.ntk[r] @ A.T
+        K, m, N, e = pointwise_gauss(act, S, Th)
+        if aff.gamma or aff.beta:
+            q11, q22, q12 = _pair_args(S)
+            D = np.asarray(derivative_kernel(act, q11, q22, q12))
+            if aff.beta:
+                N = N + D
+            if aff.gamma:
+                P, eP = kernel(psi, q11, q22, q12, return_error=True)
+                N = N + np.asarray(P)
+                e = e + float(np.linalg.norm(eP))
+        Ks.append(K)
+        ms.append(m)
+        Ns.append(N)
+        qerr = max(qerr, comp.qerr + e)
+    return Moments(np.array(Ks), np.array(ms), np.array(Ns), qerr)
 
 
 def _bn_fused(act: Activation, bn: BNTrainOp, comp: Component) -> Moments:
@@ -176,14 +210,16 @@ def _evaluate(node, comps, *, seed, tol, upstream):
             parts = [pointwise_gauss(op.act, c.cov[r], c.ntk[r]) for r in range(c.cov.shape[0])]
             return Moments(np.array([p[0] for p in parts]), np.array([p[1] for p in parts]),
                            np.array([p[2] for p in parts]), c.qerr + max(p[3] for p in parts))
+        if (isinstance(op, ActOp) and isinstance(child, OpNode) and isinstance(child.op, AffineOp)
+                and isinstance(child.child, Leaf) and comps[child.child.key].kind == "gauss"
+                and not np.any(child.op.c)):
+            return _act_of_affine(op.act, child.op, comps[child.child.key])
         if bn_exact_available():
             if (isinstance(op, ActOp) and op.act.homogeneous and isinstance(child, OpNode)
                     and isinstance(child.op, BNTrainOp) and isinstance(child.child, Leaf)
                     and comps[child.child.key].kind == "gauss"):
                 return _bn_fused(op.act, child.op, comps[child.child.key])
             if isinstance(op, BNTrainOp) and isinstance(child, Leaf) and comps[child.key].kind == "gauss":
-                from normfield.core.activations import get_activation
-
                 return _bn_fused(get_activation("identity"), op, comps[child.key])
         return general_route(node, comps, seed=seed, tol=tol, upstream=upstream)
     if isinstance(node, SumNode):

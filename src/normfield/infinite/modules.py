@@ -93,7 +93,8 @@ class PinnedBatchNorm1d(nn.BatchNorm1d):
     variance (Ioffe & Szegedy 2015, Alg. 1), ``"eval"`` applies the running statistics."""
 
     def __init__(self, num_features: int, *, eps: float, affine: bool, mode: str, dtype: torch.dtype) -> None:
-        super().__init__(num_features, eps=eps, affine=affine, track_running_stats=True, dtype=dtype)
+        # train mode keeps no running statistics: always the batch's, and nothing mutated in a forward pass
+        super().__init__(num_features, eps=eps, affine=affine, track_running_stats=mode == "eval", dtype=dtype)
         self.pinned_mode = mode
         super().train(mode == "train")
 

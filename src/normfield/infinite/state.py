@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: number of independent replicates of every quasi-Monte Carlo estimate
-REPLICATES = 8
+REPLICATES = 16
 
 _KEYS = itertools.count(1)
 

@@ -61,8 +61,9 @@ def _monte_carlo(Sigma, Theta, act, eps, N, seed):
     return out
 
 
-def _check_mc(T, act, eps, N, seed, ntk=True):
-    Sigma, Theta = _psd(T, seed), _psd(T, seed + 100, T + 3)
+def _check_mc(T, act, eps, N, seed, ntk=True, Sigma=None):
+    Sigma = _psd(T, seed) if Sigma is None else Sigma
+    Theta = _psd(T, seed + 100, T + 3)
     K, JTJ, mean, err = bn_homogeneous(Sigma, Theta, act, eps=eps, ntk=ntk)
     mc = _monte_carlo(Sigma, Theta, act, eps, N, seed + 7)
     # Each MC entry is a mean of N i.i.d. draws, so (exact − mc)/se is ≈ N(0, 1) (CLT; exact is exact to
@@ -87,6 +88,19 @@ def _check_mc(T, act, eps, N, seed, ntk=True):
 ])
 def test_matches_monte_carlo(T, act, eps, ntk):
     _check_mc(T, act, eps, 100_000, 10 * T, ntk)
+
+
+def test_repeated_samples_match_monte_carlo():
+    # Two equal samples make ρ = 1 for that pair at every node (angles recomputed from unit vectors).
+    X = np.random.default_rng(5).standard_normal((6, 8))
+    X[4] = X[1]
+    _check_mc(6, "relu", 1e-5, 100_000, 9, Sigma=X @ X.T / 8)
+
+
+def test_two_samples_relu_never_both_active():
+    # T = 2: y_1 = −y_2, so relu'(y_1) relu'(y_2) = 0 and σ(z_1)σ(z_2) = 0: off-diagonals vanish exactly.
+    K, J, m, err = bn_homogeneous(np.array([[2.0, 0.3], [0.3, 1.0]]), np.eye(2), "relu", eps=1e-5)
+    assert abs(K[0, 1]) <= err and abs(J[0, 1]) <= err and err < 1e-10
 
 
 @pytest.mark.heavy

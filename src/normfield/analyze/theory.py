@@ -10,8 +10,9 @@ widths) and a :class:`~normfield.infinite.predict.KernelPrediction` (the same mo
   ‖G‖_F measured and predicted and, in ``distance``, ‖G_measured − G_predicted‖_F; the rows
   ``condition_number`` and ``top_fraction`` compare its conditioning.
 
-``ratio`` is measured/predicted. At width n a Gram entry fluctuates by O(1/√n) around its
-infinite-width value (an average over n independent units), so ``distance`` is O(T/√n).
+``ratio`` is measured/predicted; ``features`` is the layer's width d. A measured Gram entry is an
+average over the d units, so it fluctuates by O(1/√d) around its infinite-width value and ``distance``
+is O(T/√d): small for hidden layers, O(1) for an output of a few units (one draw of the law).
 
 :func:`attach_theory` runs the prediction on the same batch, in the same module mode as the analysis,
 and sets ``result.theory`` (the frame) and ``result.prediction``.
@@ -28,7 +29,7 @@ import pandas as pd
 __all__ = ["compare", "attach_theory", "THEORY_COLUMNS", "theory_records", "plot_theory_conditioning"]
 
 #: Columns of the comparison frame.
-THEORY_COLUMNS = ["quantity", "layer", "measured", "predicted", "ratio", "distance", "rel_distance"]
+THEORY_COLUMNS = ["quantity", "layer", "features", "measured", "predicted", "ratio", "distance", "rel_distance"]
 
 
 def _ratio(m: float, p: float) -> float:
@@ -45,14 +46,16 @@ def compare(result: Any, prediction: Any) -> pd.DataFrame:
         prediction: a ``KernelPrediction`` of the same model and batch.
 
     Returns:
-        DataFrame with :data:`THEORY_COLUMNS`; ``distance``/``rel_distance`` (‖ΔG‖_F and ‖ΔG‖_F/‖G_pred‖_F)
+        DataFrame with :data:`THEORY_COLUMNS`; ``distance``/``rel_distance``
+        (‖ΔG‖_F and ‖ΔG‖_F/‖G_pred‖_F)
         only on the ``gram`` rows (NaN elsewhere).
     """
     rows: list[dict[str, Any]] = []
 
-    def add(q: str, layer: str, m: float, p: float, dist: float = math.nan, rel: float = math.nan) -> None:
-        rows.append({"quantity": q, "layer": layer, "measured": float(m), "predicted": float(p),
-                     "ratio": _ratio(float(m), float(p)), "distance": dist, "rel_distance": rel})
+    def add(q: str, layer: str, m: float, p: float, dist: float = math.nan, rel: float = math.nan,
+            features: int | None = None) -> None:
+        rows.append({"quantity": q, "layer": layer, "features": features, "measured": float(m),
+                     "predicted": float(p), "ratio": _ratio(float(m), float(p)), "distance": dist, "rel_distance": rel})
 
     f = getattr(result, "fisher", None)
     if f is not None:
@@ -69,17 +72,22 @@ def compare(result: Any, prediction: Any) -> pd.DataFrame:
         if Gm.shape != Gp.shape:
             continue
         dist = float(np.linalg.norm(Gm - Gp))
+        d = int(r["features"])
         add("gram", key, float(np.linalg.norm(Gm)), float(np.linalg.norm(Gp)), dist,
-            dist / max(float(np.linalg.norm(Gp)), 1e-300))
-        add("condition_number", key, r["condition_number"], pl.loc[key, "condition_number"])
-        add("top_fraction", key, r["top_fraction"], pl.loc[key, "top_fraction"])
+            dist / max(float(np.linalg.norm(Gp)), 1e-300), d)
+        add("condition_number", key, r["condition_number"], pl.loc[key, "condition_number"], features=d)
+        add("top_fraction", key, r["top_fraction"], pl.loc[key, "top_fraction"], features=d)
     return pd.DataFrame(rows, columns=THEORY_COLUMNS)
 
 
 def theory_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame as JSON-able records (NaN -> None)."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in frame.to_dict(orient="records")]
+    def clean(k: str, v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        return int(v) if k == "features" else v
+
+    return [{k: clean(k, v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
 
 
 def attach_theory(result: Any, model: Any, inputs: Any, **predict_kwargs: Any) -> Any:

@@ -253,7 +253,7 @@ def render(p: dict[str, Any]) -> str:
         rows = [{c: ("-" if r.get(c) is None or r.get(c) == "" else r.get(c)) for c in cols} for r in p["layers"]]
         out += ["", "batch Gram G = H H^T / d per layer (Joudaki et al. 2023)", format_table(rows, cols)]
     if p.get("theory"):
-        cols = ["quantity", "layer", "measured", "predicted", "ratio", "distance"]
+        cols = ["quantity", "layer", "features", "measured", "predicted", "ratio", "distance"]
         rows = [{c: ("-" if r.get(c) is None or r.get(c) == "" else r.get(c)) for c in cols} for r in p["theory"]]
         out += ["", "measured vs predicted at infinite width (ratio = measured/predicted; distance = "
                 "||G_measured - G_predicted||_F)", format_table(rows, cols)]

@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="e.g. mypkg.models:make_net or path/to/file.py:make_net (called with --factory-kwargs)")
     p.add_argument("--input-shape", help="shape of one input sample, e.g. 64 (random N(0,1) batch)")
     p.add_argument("--data", help="input batch from a file: .npy, .npz (first array), .pt, or .csv")
-    p.add_argument("--batch", type=int, default=None, help="samples T (default 32 for random inputs; all rows of --data)")
-    p.add_argument("--factory-kwargs", default="{}", help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
+    p.add_argument("--batch", type=int, default=None,
+                   help="samples T (default 32 for random inputs; all rows of --data)")
+    p.add_argument("--factory-kwargs", default="{}",
+                   help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
     p.add_argument("--mode", default="train", choices=["train", "eval", "as-is"],
                    help="module mode (default train: batch statistics, as `normfield analyze`)")
     p.add_argument("--init", default=None,
@@ -77,7 +79,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     with model_state_guard(model, args.mode):
         res = predict(model, x, init=init, tol=args.tol, seed=args.seed)
     payload = res.to_dict()
-    payload.pop("nngp", None) if not args.json else None
     payload["model"] = args.model
     payload["mode"] = args.mode
     return payload, render

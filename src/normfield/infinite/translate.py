@@ -214,7 +214,8 @@ class _Builder:
                 raise _refuse(name, m, f" over {tuple(m.normalized_shape)}, not the {in_shape[1]} features")
             aff = bool(m.elementwise_affine)
             if aff:
-                ok = bool(torch.all(m.weight == 1)) and (getattr(m, "bias", None) is None or bool(torch.all(m.bias == 0)))
+                b = getattr(m, "bias", None)
+                ok = bool(torch.all(m.weight == 1)) and (b is None or bool(torch.all(b == 0)))
                 if not ok:
                     raise _refuse(name, m, " with an affine other than weight=1, bias=0")
             if isinstance(m, nn.LayerNorm):

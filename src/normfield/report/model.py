@@ -52,8 +52,10 @@ def _theory_rows(theory) -> list[dict[str, Any]]:
     """The measured-vs-predicted frame of :mod:`normfield.analyze.theory` as table rows."""
     if theory is None or not len(theory):
         return []
-    return [{c: ("" if c == "distance" and r[c] != r[c] else r[c]) for c in
-             ("quantity", "layer", "measured", "predicted", "ratio", "distance")} for r in theory.to_dict("records")]
+    from normfield.analyze.theory import theory_records
+
+    cols = ("quantity", "layer", "features", "measured", "predicted", "ratio", "distance")
+    return [{c: ("" if r[c] is None else r[c]) for c in cols} for r in theory_records(theory)]
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:

@@ -72,8 +72,9 @@ def test_exact_batch_norm_vs_general(act):
 def test_batch_norm_nngp_vs_bn_map_cv():
     # independent route for BN + tanh (ε = 0): the polynomial control variate of gram.bn_map
     x = _x(T=5)
-    res = kernel([Dense(16, bias=False), BatchNorm(eps=0.0, affine=False), Activation("tanh")], x)
-    G = kernel([Dense(16, bias=False)], x).nngp
+    res = kernel([Dense(16, bias=False, parametrization="ntk"), BatchNorm(eps=0.0, affine=False),
+                  Activation("tanh")], x, tol=3e-3)
+    G = kernel([Dense(16, bias=False, parametrization="ntk")], x).nngp
     ref, err, _ = bn_map_cv(get_activation("tanh"), G, tol=1e-3, seed=0)
     assert np.linalg.norm(res.nngp - ref) <= res.error + err
 
@@ -92,7 +93,7 @@ def test_train_bn_annihilates_the_constant_mode():
     assert abs(one @ st.ntk @ one) <= st.error + 1e-10 * np.abs(st.ntk).max()
     assert np.abs(st.nngp @ one).max() <= st.error + 1e-10
     node = OpNode(BNTrainOp(1e-5, False), st.expr.child)
-    g = general_route(node, st.components, seed=0, tol=1e-2)
+    g = general_route(node, st.components, seed=0, tol=1.0)
     assert abs(one @ g.ntk.mean(0) @ one) < 1e-10 * np.abs(g.ntk).max()
     # with γ, β the β-gradient adds exactly 11ᵀ along 1 (1ᵀ11ᵀ1 = T²)
     st2 = kernel([Dense(8), BatchNorm()], _x(T=5)).state

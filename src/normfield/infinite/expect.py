@@ -116,19 +116,27 @@ def pointwise_gauss(act: Activation, Sigma: np.ndarray, Theta: np.ndarray) -> tu
     return np.asarray(K), np.asarray(m), np.asarray(D) * Theta, err
 
 
+def _per_replicate(fn: Callable[[int], tuple], comp: Component, extra: tuple[np.ndarray, ...] = ()) -> list[tuple]:
+    """``[fn(r) for r]``, computed once when the component (and ``extra`` arrays, leading axis R)
+    coincide over replicates (no quasi-Monte Carlo step upstream)."""
+    R = comp.cov.shape[0]
+    same = all(np.array_equal(a, a[:1].repeat(R, axis=0)) for a in (comp.cov, comp.ntk) + tuple(extra))
+    if same:
+        return [fn(0)] * R
+    return [fn(r) for r in range(R)]
+
+
 def _act_of_affine(act: Activation, aff: AffineOp, comp: Component) -> Moments:
     """Route 4 through a centred affine map: ``y = γ A h + β`` with ``h ~ N(0, Σ)`` is Gaussian
     ``N(0, AΣAᵀ)`` at ``γ = 1, β = 0``; the NTK of ``σ(y)`` is ``E[σ'σ'] ⊙ AΘAᵀ`` plus
     ``[γ] E[ψ(y_t)ψ(y_s)]`` (``ψ(x) = x σ'(x)``, the γ-derivative ``σ'(y) y``) plus ``[β] E[σ'σ']``."""
-    R = comp.cov.shape[0]
     psi = None
     if aff.gamma:
         npd = act.numpy_pair()[1]
         psi = act if act.homogeneous else Activation(f"x*d{act.label}", lambda x: x * act.derivative(x),
                                                      smooth=act.smooth, np_fn=lambda x: x * npd(x))
-    Ks, ms, Ns = [], [], []
-    qerr = comp.qerr
-    for r in range(R):
+
+    def one(r: int) -> tuple:
         A = aff.A[r]
         S, Th = A @ comp.cov[r] @ A.T, A @ comp.ntk[r] @ A.T
         K, m, N, e = pointwise_gauss(act, S, Th)
@@ -141,31 +149,30 @@ def _act_of_affine(act: Activation, aff: AffineOp, comp: Component) -> Moments:
                 P, eP = kernel(psi, q11, q22, q12, return_error=True)
                 N = N + np.asarray(P)
                 e = e + float(np.linalg.norm(eP))
-        Ks.append(K)
-        ms.append(m)
-        Ns.append(N)
-        qerr = max(qerr, comp.qerr + e)
-    return Moments(np.array(Ks), np.array(ms), np.array(Ns), qerr)
+        return K, m, N, e
+
+    parts = _per_replicate(one, comp, (aff.A,))
+    return Moments(np.array([p[0] for p in parts]), np.array([p[1] for p in parts]),
+                   np.array([p[2] for p in parts]), comp.qerr + max(p[3] for p in parts))
 
 
 def _bn_fused(act: Activation, bn: BNTrainOp, comp: Component) -> Moments:
     """Route 5: train batch norm (+ homogeneous σ) of one Gaussian, per replicate, via ``bn_exact``."""
     mod = importlib.import_module("normfield.infinite.bn_exact")
-    R, T, _ = comp.cov.shape
+    T = comp.cov.shape[1]
     M = np.eye(T) - 1.0 / T
-    Ks, ms, Ns = [], [], []
-    qerr = comp.qerr
-    for r in range(R):
+
+    def one(r: int) -> tuple:
         K, JTJ, mean, err = mod.bn_homogeneous(comp.cov[r], comp.ntk[r], act, eps=bn.eps, ntk=True)
         ntk = np.asarray(JTJ, dtype=np.float64)
         if bn.affine:
             q11, q22, q12 = _pair_args(M @ comp.cov[r] @ M)
             ntk = ntk + K + np.asarray(derivative_kernel(act, q11, q22, q12))
-        Ks.append(K)
-        ms.append(mean)
-        Ns.append(ntk)
-        qerr = max(qerr, comp.qerr + 3.0 * T * float(err))
-    return Moments(np.array(Ks), np.array(ms), np.array(Ns), qerr)
+        return K, mean, ntk, 3.0 * T * float(err)
+
+    parts = _per_replicate(one, comp)
+    return Moments(np.array([p[0] for p in parts]), np.array([p[1] for p in parts]),
+                   np.array([p[2] for p in parts]), comp.qerr + max(p[3] for p in parts))
 
 
 def _flatten_sum(node: SumNode) -> list:
@@ -207,7 +214,7 @@ def _evaluate(node, comps, *, seed, tol, upstream):
             return op.linear(evaluate(child, comps, seed=seed, tol=tol, upstream=upstream))
         if isinstance(op, ActOp) and isinstance(child, Leaf) and comps[child.key].kind == "gauss":
             c = comps[child.key]
-            parts = [pointwise_gauss(op.act, c.cov[r], c.ntk[r]) for r in range(c.cov.shape[0])]
+            parts = _per_replicate(lambda r: pointwise_gauss(op.act, c.cov[r], c.ntk[r]), c)
             return Moments(np.array([p[0] for p in parts]), np.array([p[1] for p in parts]),
                            np.array([p[2] for p in parts]), c.qerr + max(p[3] for p in parts))
         if (isinstance(op, ActOp) and isinstance(child, OpNode) and isinstance(child.op, AffineOp)

@@ -28,6 +28,7 @@ from normfield.infinite.layers import (
     MeanSubtract,
     RMSNorm,
 )
+from normfield.infinite.simulate import FiniteKernels, finite_kernels
 from normfield.infinite.state import KernelState, input_state
 
 __all__ = [
@@ -49,4 +50,7 @@ __all__ = [
     "serial",
     "kernel",
     "KernelResult",
+    # finite-width check
+    "finite_kernels",
+    "FiniteKernels",
 ]

@@ -47,6 +47,8 @@ from normfield.analyze.api import analyze
 from normfield.analyze.result import AnalysisResult
 from normfield.analyze.plots import plot_spectrum
 from normfield.analyze.hooks import gram_diagnostics
+from normfield.analyze.tracking import SharpnessTracker
+from normfield.analyze.tracking_plots import plot_tracking
 
 # -- sweeps, claims and reports
 from normfield.runner.sweep import run_sweep
@@ -69,7 +71,7 @@ __all__ = [
     "LRGridSettings", "lr_grid", "summarize_lr_grid", "train_students", "BNMLPConfig", "train_bn_mlp",
     "load_dataset",
     # your model
-    "analyze", "AnalysisResult", "plot_spectrum", "gram_diagnostics",
+    "analyze", "AnalysisResult", "plot_spectrum", "gram_diagnostics", "SharpnessTracker", "plot_tracking",
     # sweeps, claims, reports
     "run_sweep", "ResultCache", "ClaimContext", "ClaimResult", "all_claims", "run_claims", "write_report",
 ]

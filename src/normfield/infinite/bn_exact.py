@@ -278,9 +278,9 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
             :class:`~normfield.Activation`.
         eps: BN's ε (>= 0): ``s² = ‖Mh‖²/T + eps``.
         ntk: also compute ``JTJ = E[J Θ Jᵀ]`` (else zeros).
-        rtol, atol: nested rules are refined (h = 1/4 … 1/256) until the nested error is below
-            ``max(atol, rtol × max|entry|)`` over K, JTJ and mean (or the finest rule is reached;
-            the stated error is returned either way).
+        rtol, atol: nested rules are refined (h = 1/4 … 1/256) until the nested error of each of
+            K, JTJ and mean is below ``max(atol, rtol × its max|entry|)`` (or the finest rule is
+            reached; the stated error is returned either way).
         refine: nested levels to add after the tolerance is met (each doubles the nodes; the
             result and its stated error are then the finer rule's).
         return_parts: also return a :class:`BNParts` (the three JTJ terms, levels, node count).
@@ -336,8 +336,9 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
             errs["K"] = float(np.abs(cur[0] - prev[0]).max())
             errs["mean"] = float(np.abs(cur[2] - prev[2]).max())
             errs["JTJ"] = float(np.abs(sum(cur[1]) - sum(prev[1])).max()) if ntk else 0.0
-            scale = max(np.abs(cur[0]).max(), np.abs(sum(cur[1])).max() if ntk else 0.0, np.abs(cur[2]).max())
-            if stop is None and max(errs.values()) <= max(atol, rtol * scale):
+            scales = {"K": np.abs(cur[0]).max(), "mean": np.abs(cur[2]).max(),
+                      "JTJ": np.abs(sum(cur[1])).max() if ntk else 0.0}
+            if stop is None and all(errs[k] <= max(atol, rtol * scales[k]) for k in errs):
                 stop = level + refine
             if stop is not None and level >= stop:
                 break

@@ -209,8 +209,8 @@ def predict(
         raise NormfieldError(f"inputs: batch size 1 under train-mode batch norm ({batch_bn[0]}): batch statistics "
                              "of one sample are degenerate; pass at least 2 samples, or call model.eval()",
                              argument="inputs")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
-    tr = translate(model, x.to(dtype), init=init)
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    tr = translate(model, x if ref is None else x.to(dtype=ref.dtype, device=ref.device), init=init)
     C = tr.output_width
     if outputs is not None:
         if callable(outputs) or isinstance(outputs, str):
@@ -220,7 +220,7 @@ def predict(
             raise NormfieldError(f"outputs must be column indices in [0, {C}), got {outputs!r}", argument="outputs")
         C = len(cols)
     x2 = x.reshape(T, -1)
-    kres = kernel(list(tr.layers), x2.numpy(), tol=tol, seed=seed)
+    kres = kernel(list(tr.layers), x2.cpu().numpy(), tol=tol, seed=seed)
     states = dict(kres.states)
     labels = leaf_labels(tr.layers)
     nngp, ntk, mean, err = kres.nngp, kres.ntk, kres.mean, float(kres.error)

@@ -25,14 +25,14 @@ from normfield.errors import NormfieldError  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("T", [6, 10])
-def test_sphere_route_equals_exact_bn_kernel_for_relu(T):
+@pytest.mark.parametrize("T, depth", [(6, 3), (10, 3), (6, 2), (6, 4)])
+def test_sphere_route_equals_exact_bn_kernel_for_relu(T, depth):
     """relu: the sphere route (1-D/2-D sphere quadrature, G*) and the package's exact train-mode BN
     kernel (Laplace reduction, nested exp-sinh rule) are independent; they agree within the sum of
     their stated errors, both ≲ 1e-6 relative."""
     M = 64
-    k = limit_from_kernel("relu", 2.0, 0.0, T, [M])[0]
-    s = middle_bn_symmetric("relu", 2.0, T, M)
+    k = limit_from_kernel("relu", 2.0, 0.0, T, [M], depth=depth)[0]
+    s = middle_bn_symmetric("relu", 2.0, T, M, depth=depth)
     for key in ("lambda_over_M", "centred_over_M", "ones_over_M"):
         assert abs(k[key] - s[key]) <= k["error_over_M"] + s["error_over_M"] + 1e-13, key
     assert k["error_over_M"] < 1e-5 * k["lambda_over_M"] and s["error_over_M"] < 1e-8 * s["lambda_over_M"]
@@ -70,6 +70,8 @@ def test_refusals():
         karakida_limit_inputs(10, 8)
     with pytest.raises(NormfieldError, match="T must be >= 4"):
         middle_bn_symmetric("relu", 2.0, 3, 100)
+    with pytest.raises(NormfieldError, match="depth"):
+        middle_bn_symmetric("relu", 2.0, 6, 100, depth=1)
     x = karakida_limit_inputs(4, 9)
     np.testing.assert_allclose(x @ x.T / 9, np.eye(4), atol=1e-15)
 

@@ -149,6 +149,8 @@ def middle_bn_symmetric(activation: str, sw2: float, T: int, width: int, *, dept
     if T < 4:
         raise NormfieldError("T must be >= 4: with ε = 0 the NTK of batch norm needs E[1/χ²_{T−1}] < ∞",
                              argument="T")
+    if depth < 2:
+        raise NormfieldError("depth must be >= 2 (a batch-normalized hidden layer)", argument="depth")
     act = get_activation(activation)
     dphi = act.numpy_derivative
 
@@ -163,7 +165,7 @@ def middle_bn_symmetric(activation: str, sw2: float, T: int, width: int, *, dept
     gap_K = fp.diagonal - fp.off_diagonal
     rel = (float(r1.error) + float(r2.error + r3.error) / T) / abs(e_d - e_o) + fp.error / gap_K
     a_sigma, a_theta = sw2, float(width)  # first Dense on Gram I: Σ = σ_w² I + σ_b² 11ᵀ, Θ = M I + 11ᵀ
-    for layer in range(depth - 1):
+    for _ in range(depth - 1):
         f = a_theta * T / (a_sigma * (T - 3))
         j_d, j_o = f * e_d, f * e_o
         a_sigma = sw2 * gap_K

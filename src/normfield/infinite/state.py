@@ -219,6 +219,16 @@ class KernelState:
         return 3.0 * max(_se_frobenius(m.nngp), _se_frobenius(m.ntk)) + m.qerr
 
     @property
+    def nngp_error(self) -> float:
+        """Stated absolute Frobenius error of ``nngp`` alone."""
+        return 3.0 * _se_frobenius(self.moments.nngp) + self.moments.qerr
+
+    @property
+    def ntk_error(self) -> float:
+        """Stated absolute Frobenius error of ``ntk`` alone."""
+        return 3.0 * _se_frobenius(self.moments.ntk) + self.moments.qerr
+
+    @property
     def replicates(self) -> int:
         return int(self.moments.nngp.shape[0])
 

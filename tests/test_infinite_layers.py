@@ -90,8 +90,10 @@ CASES = {
     "mean-subtract": lambda n: Serial(Dense(n), Activation("relu"), MeanSubtract(), Identity()),
     "residual": lambda n: Serial(Dense(n), Activation("relu"),
                                  Residual(Serial(Dense(n, sb2=0.1), Activation("relu"))), Activation("relu")),
+    # both paths read the same Gaussian: x + relu(x), evaluated jointly (NTK through both paths)
+    "residual-shared": lambda n: Serial(Dense(n, sb2=0.2), Residual(Activation("relu")), Activation("tanh")),
 }
-LIGHT = ["dense-standard", "bn-train-relu", "layernorm", "residual"]
+LIGHT = ["bn-train-relu", "layernorm", "residual", "residual-shared"]
 
 
 @pytest.mark.parametrize("case", LIGHT)

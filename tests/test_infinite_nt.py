@@ -8,12 +8,14 @@ parameterizations map onto normfield's ``Dense`` (``s = (1, 1)``; ``b_std=None``
 
 Tolerance: every route is a closed-form recursion in float64 (no quadrature): three Dense layers
 and two activations, each a few operations whose rounding is a few ulp (≈ 1e-16) relative to the
-largest entry; arccos/arcsin near ±1 can amplify an ulp of the correlation to ≈ 1e-8 in the angle,
-but the kernels' dependence on the angle there is flat (the relu kernel's sin θ + (π − θ) cos θ has
-zero derivative at θ = 0) or bounded, so the propagated error stays ≲ 1e-14 relative; the fixture
-records neural-tangents against mpmath at ≤ 1e-15. 1e-10 relative to the largest entry (the brief's
-bound) therefore leaves four orders of margin while catching any convention error (a missed bias
-term in the NTK is ≥ 1e-3 relative here; a fan-in/fan-out mix-up, 300 vs 200, is O(1)).
+largest entry. The one amplifier is arccos/arcsin near ±1 (d arccos(c)/dc = −1/√(1 − c²)): off the
+diagonal the seeded inputs' correlations stay away from ±1, and on the diagonal the relu kernel
+sin θ + (π − θ) cos θ is flat at θ = 0, while its derivative kernel (π − θ)/(2π) would carry an ulp
+of c = 1 as ≈ 1e-8 in θ unless c is formed as exactly 1; the fixture's neural-tangents and mpmath
+values agree to ≤ 1e-15 (checked below), so neither of them carries it. 1e-10 relative to the
+largest entry is 1e6 ulp of rounding, yet catches that amplification in ours (≈ 1e-8) and any
+convention error (a missed bias term in the NTK is ≥ 1e-3 relative here; a fan-in/fan-out mix-up,
+300 vs 200, is O(1)).
 """
 
 from __future__ import annotations

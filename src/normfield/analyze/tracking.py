@@ -55,11 +55,12 @@ import torch
 from torch import nn
 
 from normfield.analyze._functional import ModelFunction, select_parameters
-from normfield.analyze.cost import DEFAULT_TRACE_RTOL, default_tol
+from normfield.analyze.cost import default_tol
 from normfield.analyze.data import as_batches, resolve_device, resolve_dtype
 from normfield.analyze.hooks import layer_gram_rows
 from normfield.analyze.losses import LOSSES, is_hessian
 from normfield.analyze.operator import WARM_RANDOM, CurvatureOperator
+from normfield.analyze.settings import Accuracy, resolve_accuracy
 from normfield.core import krylov
 from normfield.core.validation import check_choice, check_int
 from normfield.errors import NormfieldError
@@ -126,8 +127,12 @@ class SharpnessTracker:
         dtype, device: analysis dtype and device (default: the model's); copies are cast.
         tol: relative accuracy of λ_max (default 1e-4 in float32, 1e-8 in float64).
         trace: ``"hutchinson"`` (deflated by the Lanczos basis, standard error ``trace_rtol`` of
-            the trace), ``"exact"`` (T·C VJPs; Fisher only) or ``"none"``.
-        trace_rtol: target relative standard error of the stochastic trace.
+            the trace), ``"exact"`` (T·C VJPs; Fisher only), ``"auto"`` (the default: exact when
+            T·C is at most the products of the check's Lanczos run, else Hutchinson) or ``"none"``.
+        trace_rtol: target relative standard error of the stochastic trace (default 0.01).
+        probes: a fixed number of Hutchinson probes instead (default: adaptive).
+        accuracy: a :class:`normfield.analyze.settings.Accuracy` giving ``tol``, ``trace``,
+            ``probes`` and ``trace_rtol`` (a keyword given here overrides its field).
         max_steps: Lanczos steps at most per check.
         seed: the cold start, the random part of the warm starts and the Hutchinson probes.
 
@@ -149,12 +154,18 @@ class SharpnessTracker:
     def __init__(self, model: nn.Module, inputs: Any, *, loss: str = "mse", targets: Any = None, every: int = 1,
                  k: int = 1, warm: bool = True, warm_k: int = 3, layers: Any = "auto",
                  parameters: Sequence[str] | str | None = None, outputs: Any = None, mode: str = "as-is",
-                 dtype: Any = None, device: Any = None, tol: float | None = None, trace: str = "hutchinson",
-                 trace_rtol: float = DEFAULT_TRACE_RTOL, max_steps: int | None = None, seed: int = 0) -> None:
+                 dtype: Any = None, device: Any = None, tol: float | None = None, trace: str | None = None,
+                 trace_rtol: float | None = None, probes: int | None = None, accuracy: Accuracy | None = None,
+                 max_steps: int | None = None, seed: int = 0) -> None:
         if not isinstance(model, nn.Module):
             raise NormfieldError(f"model must be a torch.nn.Module, got {type(model).__name__}", argument="model")
         check_choice("loss", loss, LOSSES)
-        check_choice("trace", trace, ["hutchinson", "exact", "none"])
+        if trace is not None:
+            check_choice("trace", trace, ["auto", "hutchinson", "exact", "none"])
+        acc = resolve_accuracy(accuracy, tol=tol, trace_rtol=trace_rtol, probes=probes,
+                               trace=None if trace in (None, "none") else trace)
+        tol, trace_rtol, self.probes = acc.tol, acc.trace_rtol, acc.probes
+        trace = trace if trace == "none" else acc.trace
         self.every = check_int("every", every, minimum=1)
         self.k = check_int("k", k, minimum=1)
         self.warm_k = check_int("warm_k", warm_k, minimum=1)
@@ -162,6 +173,8 @@ class SharpnessTracker:
             raise NormfieldError(f"tol must be a number in (0, 1), got {tol!r}", argument="tol")
         if not (isinstance(trace_rtol, (int, float)) and trace_rtol > 0 and math.isfinite(trace_rtol)):
             raise NormfieldError(f"trace_rtol must be a positive number, got {trace_rtol!r}", argument="trace_rtol")
+        if is_hessian(loss) and trace == "auto":
+            trace = "hutchinson"
         if trace == "exact" and is_hessian(loss):
             raise NormfieldError("trace='exact' is for a Fisher; use trace='hutchinson' with a Hessian",
                                  argument="trace")
@@ -286,10 +299,10 @@ class SharpnessTracker:
         self._ritz = ritz_vectors(lz, self.warm_k)
         lam = float(lz.eigenvalues[0])
         self.eigenvalues[step] = np.asarray(lz.eigenvalues, dtype=float).copy()
-        if self.trace == "exact":
+        if self.trace == "exact" or (self.trace == "auto" and op.dim <= 2 * int(lz.products)):
             row["trace"], row["trace_stderr"] = op.trace_exact(), 0.0
-        elif self.trace == "hutchinson":
-            est = op.trace_estimate(rtol=self.trace_rtol, seed=self.seed + 1 + step)
+        elif self.trace in ("hutchinson", "auto"):
+            est = op.trace_estimate(rtol=self.trace_rtol, probes=self.probes, seed=self.seed + 1 + step)
             row["trace"], row["trace_stderr"] = est.value, est.stderr
         row.update(lambda_max=lam, lambda_max_error=float(lz.errors[0]),
                    eta_lambda=nan if lr is None else float(lr) * lam, products=op.products - start,

@@ -4,7 +4,6 @@ symmetry identities of the relu family, Monte Carlo with autograd Jacobians, and
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

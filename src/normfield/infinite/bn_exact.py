@@ -9,8 +9,8 @@ per-unit NTK ``Θ`` (T×T PSD). Train-mode batch norm (γ = 1, β = 0) followed 
 and :func:`bn_homogeneous` returns ``K = E[x xᵀ]``, ``mean = E[x]`` and ``JTJ = E[J Θ Jᵀ]``
 (the NTK that BN-then-σ passes on), each with a stated quadrature error.
 
-Derivation (the Laplace-method reduction of Yang et al. 2019, *A Mean Field Theory of Batch
-Normalization*, ICLR, §3, carried to ε > 0 and to the NTK):
+Derivation (the Laplace method of Yang et al. 2019, *A Mean Field Theory of Batch Normalization*,
+ICLR, re-derived here and carried to ε > 0 and to the NTK):
 
 1. *Homogeneity.* σ = α x + β relu(x) (``Activation.linear_parts``: relu (0, 1), leaky relu
    (a, 1 − a), identity (1, 0)) has σ(z) = σ(y)/s, σ'(z) = σ'(y), σ'(y_i) y_i = σ(y_i) and
@@ -66,7 +66,9 @@ Normalization*, ICLR, §3, carried to ε > 0 and to the NTK):
    (max over entries), i.e. the coarser rule's error, which for a geometrically converging rule
    exceeds the finer one's by orders of magnitude (tested against finer rules), plus a rounding
    term ``8 u (T + 4) max|term|``. Nodes whose a-priori magnitude (from λ, ε and t alone) is below
-   1e-20 of the largest are skipped.
+   1e-20 of the largest are skipped. Pairs with |ρ| > 0.99 take their angle from unit-vector
+   differences rather than ``arccos ρ`` (:func:`_sharpen_angles`), so repeated samples (ρ = 1) and
+   T = 2 (ρ = −1) lose no accuracy to the √u sensitivity of arccos at ±1.
 
 Finiteness: E[s⁻²] under ε = 0 is finite iff rank(S) ≥ 3, so the NTK of train-mode BN at ε = 0
 diverges for T ≤ 3 (or rank(MΣM) ≤ 2); :func:`bn_homogeneous` refuses that case.

@@ -157,3 +157,24 @@ def test_stated_error_carries_through_layers():
     assert coarse.states[2][1].error > 0 and coarse.error > 0
     d = max(np.linalg.norm(coarse.nngp - fine.nngp), np.linalg.norm(coarse.ntk - fine.ntk))
     assert d <= coarse.error + fine.error, (d, coarse.error, fine.error)
+
+
+def test_eval_bn_on_the_input_pairs_units_with_their_coefficients():
+    # on the input, unit j is coordinate j and carries its own running statistics: an exact
+    # average over j, written out (the module computes the same), not an independent draw
+    T, d = 4, 5
+    x = _x(T=T, d=d)
+    rm, rv = np.linspace(-0.5, 0.5, d), np.linspace(0.5, 2.0, d)
+    w, b = np.linspace(0.5, 1.5, d), np.linspace(-0.2, 0.2, d)
+    layer = BatchNorm(mode="eval", running_mean=rm, running_var=rv, weight=w, bias=b, eps=1e-5)
+    res = kernel([layer, Activation("tanh")], x)
+    y = np.tanh(w * (x - rm) / np.sqrt(rv + 1e-5) + b)
+    np.testing.assert_allclose(res.nngp, y @ y.T / d, rtol=1e-12)
+    # NTK: the per-unit parameters w_j, b_j: ∂y/∂w = σ'·x̂, ∂y/∂b = σ'
+    xhat = (x - rm) / np.sqrt(rv + 1e-5)
+    dy = 1.0 - y * y
+    ntk = ((dy * xhat) @ (dy * xhat).T + dy @ dy.T) / d
+    np.testing.assert_allclose(res.ntk, ntk, rtol=1e-12)
+    with torch.no_grad():
+        out = layer.module(d).eval()(torch.as_tensor(x))
+    np.testing.assert_allclose(np.tanh(out.numpy()), y, rtol=1e-12)

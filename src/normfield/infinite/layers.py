@@ -220,7 +220,8 @@ class BatchNorm(Layer):
         if self.table.shape[0] not in (1, state.width):
             raise NormfieldError(f"eval BatchNorm has {self.table.shape[0]} per-unit values but the layer has "
                                  f"{state.width} units", argument="running_mean")
-        return _with_op(state, BNEvalOp(self.table, self.eps, self.affine))
+        emp = [k for k in state.expr.keys() if state.components[k].kind == "empirical"]
+        return _with_op(state, BNEvalOp(self.table, self.eps, self.affine, paired=emp[0] if emp else None))
 
     def module(self, fan_in, *, generator=None, dtype=torch.float64):
         bn = _m.PinnedBatchNorm1d(check_int("fan_in", fan_in, minimum=1), eps=self.eps, affine=self.affine,

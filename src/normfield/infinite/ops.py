@@ -139,15 +139,20 @@ class BNEvalOp(UnitOp):
         table: (n_units, 4) columns ``w, b, μ, v`` (one row when all are scalars).
         eps: ε >= 0 (``v + ε > 0`` checked by the layer).
         affine: whether ``w, b`` are trainable (their gradients enter the NTK).
+        paired: key of the input's empirical component when the units are the input's own
+            coordinates (unit j carries row j of the table), else ``None`` (rows independent of x).
     """
 
     is_linear = True
 
-    def __init__(self, table: np.ndarray, eps: float, affine: bool) -> None:
+    def __init__(self, table: np.ndarray, eps: float, affine: bool, paired: int | None = None) -> None:
         self.table = np.asarray(table, dtype=np.float64)
         self.eps = float(eps)
         self.affine = bool(affine)
         self.n_params = 2 if affine else 0
+        self.paired = paired if self.table.shape[0] > 1 else None
+        # paired with the input's coordinates, the coefficients are not independent of x: no moment shortcut
+        self.is_linear = self.paired is None
 
     def torch_fn(self, x, theta, row, rep):
         xhat = (x - row[:, 2:3]) / torch.sqrt(row[:, 3:4] + self.eps)

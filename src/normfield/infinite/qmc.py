@@ -21,7 +21,9 @@ seeds each for tanh and erf after a Dense layer (T = 4, 16 replicates),
 ``‖actual‖_F/‖SE‖_F`` stayed below 1.6, against the factor 3 stated (with 8
 replicates it reached 3.0 once: the stopping rule favours rounds whose spread
 happens to be low, which more replicates make rarer). An expression of the input's coordinates alone (no Gaussian,
-no coefficient table) is averaged exactly over the ``d`` coordinates.
+no coefficient table) is averaged exactly over the ``d`` coordinates; a
+coefficient table read by units that are the input's own coordinates is indexed
+with them (unit j carries row j), not drawn independently.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
     _bn_only(node, False, bn_only)
     gauss = [k for k in leaves if comps[k].kind == "gauss"]
     emp = [k for k in leaves if comps[k].kind == "empirical"]
-    tabled = [op for op in ops if op.table is not None and op.table.shape[0] > 1]
+    tabled = [op for op in ops if op.table is not None and op.table.shape[0] > 1
+              and getattr(op, "paired", None) is None]
     pops = [op for op in ops if op.n_params > 0]
     R, T, _ = comps[leaves[0]].cov.shape
     exact = not gauss and not tabled
@@ -195,9 +198,10 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
         rows: dict[int, Any] = {}
         funcs.append((_build(node, r, rows), rows))
 
-    def block(r: int, qb: torch.Tensor | None, eb: torch.Tensor | None) -> None:
+    def block(r: int, qb: torch.Tensor | None, eb: tuple[int, torch.Tensor] | None) -> None:
         f, rows = funcs[r]
-        nb = eb.shape[0] if qb is None else qb.shape[0]
+        nb = eb[1].shape[0] if qb is None else qb.shape[0]
+        eidx: dict[int, torch.Tensor] = {}
         vals = {}
         w = torch.ones(nb, dtype=torch.float64)
         col = 0
@@ -209,18 +213,22 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
             col += smp.dim
         for k in emp:
             if qb is None:
-                vals[k] = eb
+                vals[k] = eb[1]
+                eidx[k] = torch.arange(eb[0], eb[0] + nb)
             else:
                 data = torch.as_tensor(comps[k].samples)
                 idx = (qb[:, col] * data.shape[0]).long().clamp_(0, data.shape[0] - 1)
                 vals[k] = data[idx]
+                eidx[k] = idx
                 col += 1
         rows.clear()
         for op in ops:
             if op.table is None:
                 continue
             tab = torch.as_tensor(op.table)
-            if op.table.shape[0] == 1:
+            if getattr(op, "paired", None) is not None:  # unit j of the input carries row j
+                rows[id(op)] = tab[eidx[op.paired]]
+            elif op.table.shape[0] == 1:
                 rows[id(op)] = tab.expand(nb, -1)
             else:
                 idx = (qb[:, col] * tab.shape[0]).long().clamp_(0, tab.shape[0] - 1)
@@ -274,7 +282,7 @@ def _rounds(block, engines, comps, emp, exact, R, start, cap, sums, qerr, tol, u
             if exact:
                 data = torch.as_tensor(comps[emp[0]].samples)
                 for i in range(0, data.shape[0], chunk):
-                    block(r, None, data[i:i + chunk])
+                    block(r, None, (i, data[i:i + chunk]))
             else:
                 q = engines[r].draw(n - count, dtype=torch.float64)
                 for i in range(0, q.shape[0], chunk):

@@ -179,8 +179,10 @@ def test_operator_counts_products_and_warm_starts_after_refresh():
     with torch.no_grad():  # a small training step: the operator at a nearby point
         for p in model.parameters():
             p.mul_(1.001)
+    spent = op.products
     op.refresh()
     before = op.products
+    assert before == spent  # one meter across refreshes
     warm = op.lanczos(1, 1e-10, warm=True, seed=1)
     fresh = CurvatureOperator.build(model, x, loss="cross-entropy").lanczos(1, 1e-10, seed=1)
     assert warm.eigenvalues[0] == pytest.approx(fresh.eigenvalues[0], rel=1e-9)
@@ -249,3 +251,19 @@ def test_json_and_table_say_which_curvature():
     d["model"] = "m"
     assert "curvature: fisher-cross-entropy" in render(d)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_cli_loss_option(capsys):
+    from pathlib import Path
+
+    from normfield.cli import main
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "resnet_block.py")
+    args = ["analyze", f"{example}:make_model", "--input-shape", "3,4,4", "--batch", "4", "--factory-kwargs",
+            '{"width": 2, "classes": 3}', "--layers", "none", "--k", "2", "--loss", "cross-entropy"]
+    assert main(args + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["curvature"] == "fisher-cross-entropy" and d["settings"]["loss"] == "cross-entropy"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "curvature: fisher-cross-entropy" in out and "Fisher of softmax cross-entropy" in out

@@ -251,7 +251,7 @@ class CurvatureOperator:
         with self.guard():
             self._terms = [_make_term(base, t.batch, self.curvature, self.center, self.route, True)
                            for t in self._terms]
-        self._offset = done - self.products
+        self._offset = done  # the new terms start from 0
 
     # -- bookkeeping ---------------------------------------------------------------------
     _offset = 0
@@ -386,6 +386,15 @@ class CurvatureOperator:
                                              min_probes=probes if fixed else 8, max_probes=probes if fixed else cap,
                                              block=block, seed=seed, stop=stop)
 
+    def default_max_steps(self, k: int) -> int:
+        """Lanczos steps at most in parameter space: krylov's default max(400, 40 + 20k), but no more
+        than a basis of a quarter of the allocation cap (``NORMFIELD_MAX_BYTES``, 8 GiB: 2 GiB of
+        float64 vectors of P), and at least k + 10. A run that needs more ends unconverged and says so."""
+        from normfield.core.validation import _max_bytes
+
+        fit = int(_max_bytes() / 4 // (8 * max(1, self.dim))) - 1
+        return max(k + 10, min(max(400, 40 + 20 * k), fit))
+
     def warm_vector(self, k: int = 1, seed: int = 0) -> np.ndarray | None:
         """The sum of the top ``k`` Ritz vectors of :attr:`last` plus :data:`WARM_RANDOM` times a random
         unit vector (every eigenvector keeps a share of the start); None without a usable last run."""
@@ -414,6 +423,8 @@ class CurvatureOperator:
         """
         check_choice("which", which, ["largest", "smallest"])
         tol = default_tol(self.dtype) if tol is None else float(tol)
+        if max_steps is None and self.space == "parameter":
+            max_steps = self.default_max_steps(k)
         if v0 is None and warm:
             v0 = self.warm_vector(k, seed)
         if v0 is None and self.center_outputs:

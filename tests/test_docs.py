@@ -100,6 +100,14 @@ normfield reproduce --help
 $ python -c "print('x = 1.00049', 2)"
 x = 1.0 ≈ 2
 ```
+
+```bash
+python -c "print('pi', 3.14159)"
+```
+
+```text
+pi 3.1416
+```
 '''
 
 
@@ -131,13 +139,14 @@ def test_a_page_with_a_drifted_number_fails_and_the_same_page_passes(tmp_path):
         page = tmp_path / f"page{e}.md"
         page.write_text(PAGE.replace("{e}", e))
         cases = cases_of_page(page)
-        assert [c.kind for c in cases] == ["python", "python", "command", "command"]
+        assert [c.kind for c in cases] == ["python", "python", "command", "command", "command"]
+        assert cases[4].expected == ["pi 3.1416"]  # the text block under a bash block is its output
         assert cases[2].skip == "not here" and cases[0].rtol == 0.01 and cases[1].rtol == 0
         assert "import math" in cases[1].code  # continued the first block
         work = make_workdir(tmp_path / f"work{e}")
         return [run_case(c, work) for c in cases if not c.skip]
 
-    assert run("2.718") == [[], [], []]
-    first, second, third = run("2.818")  # 3.7 % off: past the block's 1 %
+    assert run("2.718") == [[], [], [], []]
+    first, second, third, fourth = run("2.818")  # 3.7 % off: past the block's 1 %
     assert len(first) == 1 and "printed 2.71828, the page says 2.818" in first[0]
-    assert second == [] and third == []
+    assert second == [] and third == [] and fourth == []

@@ -286,8 +286,8 @@ class SharpnessTracker:
         if not all(bool(torch.isfinite(p).all()) for n, p in self.model.named_parameters() if n in self.names):
             self._ritz = None  # training diverged: nothing to measure, no warm start from here
             return row
+        op.refresh()  # no product; counted from here (the operator's running total is not needed)
         start = op.products
-        op.refresh()
         v0 = self._start_vector(op.dim)
         try:
             lz = op.lanczos(min(self.k, op.dim), self.tol, v0=v0, seed=self.seed, max_steps=self.max_steps)

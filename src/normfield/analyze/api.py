@@ -217,6 +217,10 @@ def analyze(
             check_memory("inputs", 3 * act_bytes,
                          hint=f"the graph of a forward pass on {T0} samples is too large; pass a smaller batch "
                               "(inputs[:n]) or dtype='float32'")
+            if len(batches) > 1:  # every batch keeps its forward graph for the products
+                check_memory("inputs", (len(batches) + 2) * act_bytes,
+                             hint=f"the forward graphs of {len(batches)} batches are kept for the products; "
+                                  "pass fewer batches (max_batches=n) or dtype='float32'")
             try:
                 cop = CurvatureOperator.from_batches(model, batches, names, loss=loss, dtype=dt, device=dev,
                                                      outputs=outputs, mode=mode, jvp=jvp, single=single)

@@ -13,7 +13,7 @@ docs/DESIGN.md ("Docs are tested"). In short:
 * A bash block runs line by line (``\\`` continuations joined); a transcript runs each ``$`` line.
 * Checked numbers: a ``# comment`` on a line of a python block whose text before the first ``:``
   is only numbers (optionally ``≈``, ``~`` or ``<`` before them, separators ``, ; ( ) [ ]``), e.g.
-  ``print(res.lambda_max, res.parameters)   # 170.90, 10730: what they are``, is compared number by
+  ``print(res.lambda_max, res.parameters)   # 189.70, 10730: what they are``, is compared number by
   number with what that statement prints (a statement with such a comment must print). A comment
   that starts with words is prose and is not checked. Expected output is compared line by line, in
   order: text must match (runs of spaces are free), numbers within tolerance; ``...`` stands for any
@@ -22,25 +22,29 @@ docs/DESIGN.md ("Docs are tested"). In short:
 * Tolerance: a number matches as written (within half a unit of its last digit, a whole unit when
   truncated with ``...``); ``≈``/``~`` before it allows 5 %; a directive ``rtol=X`` allows X
   relatively for every number of the block (or page). ``< X`` means below X.
-* Directives are HTML comments (invisible on the rendered page), each on a line of its own,
-  ``<!-- docs-test: ... -->`` on the lines just above a block (for that block) or ``<!-- docs-test-page: ... -->`` anywhere (for every
-  block of the page); several are separated by ``;``:
+* Directives are HTML comments (invisible on the rendered page), each on a line of its own:
+  ``<!-- docs-test: ... -->`` on the lines just above a block (for that block), or
+  ``<!-- docs-test-page: ... -->`` anywhere (for every block of the page); several are separated by ``;``:
   ``skip: REASON`` (listed as skipped with the reason), ``heavy`` (runs only under ``-m heavy``:
   blocks over ~30 s), ``rtol=0.05``, ``continue``, ``new``, ``numbers=unchecked`` (compare the text
   of the output, not its numbers: timings), ``timeout=SECONDS`` (default 300).
 * Automatic rules for commands (bash lines, transcript lines, and python blocks by their text):
   install lines (``pip install``, ``python3 -m venv``), ``--scale paper``, Dask clusters
   (``tcp://``, ``dask scheduler``/``dask worker``, ``--dask-local N`` or ``dask_local=N`` with N > 2),
-  CIFAR-100 files and ``--device cuda`` without a GPU are skipped with the reason. A
+  CIFAR-100 files and ``--device cuda`` without a GPU are skipped with the reason, and so is a shell
+  line whose trailing comment says ``needs …`` (the reason). A
   ``normfield reproduce`` line without ``--scale`` runs at ``--scale smoke`` (same code, tiny sizes);
   as written it runs under ``-m heavy``.
-* Where: every block runs in a fresh temporary directory that mirrors the repository's top-level
+* Where: every block (all lines of a shell block together, as one shell session) runs in a fresh
+  temporary directory that mirrors the repository's top-level
   folders (``examples``, ``benchmarks``, ``docs``, ``src``, ``tests``) by symbolic links, with
   ``HOME`` pointing there too, so ``examples/vit.py:make_model`` and ``from examples.vit import
   make_model`` resolve as from the repository root while whatever a block writes lands in the
   temporary directory. ``normfield`` commands run in this process through ``normfield.cli.main`` (the
   console script's entry point: it saves the 3-4 s of CPU each new process spends importing torch);
-  any other command runs in bash.
+  any other command runs in bash. Everything runs with one BLAS/torch thread (tests run one at a
+  time; on a busy machine a second spinning thread costs several times the CPU, and the stated
+  numbers have fewer digits than the thread count changes).
 """
 
 from __future__ import annotations

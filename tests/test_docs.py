@@ -12,7 +12,7 @@ picked up by itself. The rules (docs/DESIGN.md, "Docs are tested"; details in
   command runs and its output is compared with the lines below it. A ```` ```text ```` block right after a
   bash block is the output of that block's last command. The lines of one block share a working
   directory (a temporary copy of the repository root made of links), so they run as one shell session.
-* Numbers: ``print(x)   # 170.90, 0.498`` (numbers before the first ``:``) is compared with what that
+* Numbers: ``print(x)   # 189.70, 0.486`` (numbers before the first ``:``) is compared with what that
   statement prints; expected output number by number. As written = within half a unit of the last
   digit; ``≈ 8.3`` = 5 %; ``< 1e-8`` = below; ``0.9555...`` = truncated.
 * Markers for a block's author, an HTML comment on the line(s) just above the block

@@ -157,9 +157,13 @@ def test_hessian_extremes_against_autograd_hessian(kind):
         y = torch.randn(10, 4, generator=g, dtype=DT)
         M = _hessian_matrix(model, x, lambda out: 0.5 * (out - y).pow(2).sum() / 10)
     w = np.linalg.eigvalsh(M)
-    res = nf.analyze(model, x, loss="hessian", targets=y, layers="none", k=2, probes=40, seed=1)
-    assert res.curvature == f"hessian-{kind}"
     assert w[0] < 0 < w[-1]  # indefinite: the test can tell λ_min from 0
+    dense = nf.analyze(model, x, loss="hessian", targets=y, layers="none", k=2)  # P = 88 <= dense_max
+    assert dense.fisher.method.startswith("dense") and dense.curvature == f"hessian-{kind}"
+    np.testing.assert_allclose(dense.fisher.spectrum, w[::-1], rtol=0, atol=1e-10 * w[-1])
+    assert dense.lambda_min == pytest.approx(w[0], rel=1e-10) and dense.fisher.trace == pytest.approx(np.trace(M), abs=1e-10 * w[-1])
+    res = nf.analyze(model, x, loss="hessian", targets=y, layers="none", k=2, probes=40, seed=1, method="lanczos")
+    assert res.curvature == f"hessian-{kind}"
     f = res.fisher
     assert np.all(np.abs(f.eigenvalues - w[::-1][:2]) <= f.eigenvalue_errors + 1e-10 * w[-1])
     assert abs(res.lambda_min - w[0]) <= f.lambda_min_error + 1e-10 * w[-1]

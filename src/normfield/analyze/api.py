@@ -124,7 +124,9 @@ def analyze(
         fisher: compute the Fisher/NTK statistics.
         k: number of leading Fisher eigenvalues to report.
         method: ``"dense"`` (exact F*, every eigenvalue), ``"lanczos"``
-            (matrix-free) or ``"auto"`` (dense when T·C <= ``dense_max``).
+            (matrix-free) or ``"auto"`` (dense when T·C <= ``dense_max``). A Hessian is dense
+            (P HVPs, every eigenvalue) when asked or when P <= ``dense_max``; a data set's pooled
+            curvature is dense only when asked.
         what_if: ``"last-mean"`` (or a list of variants) to also analyze.
         what_if_k: leading eigenvalues of each variant (default 1: its λ_max, m_λ and
             learning-rate bound). Mean subtraction leaves the flat top of the bulk, whose
@@ -296,7 +298,7 @@ def _curvature(cop: CurvatureOperator, variants: list[str], acc: Accuracy, *, me
             main, frame = pooled_spectra(cop, acc, method=method, seed=seed, meter=meter, density=density)
             return main, what, frame
         if cop.space == "parameter":  # a Hessian
-            main = parameter_spectrum(cop, acc, seed=seed, meter=meter, density=density)
+            main = parameter_spectrum(cop, acc, seed=seed, meter=meter, density=density, method=method)
         else:
             shared = variants if cop.curvature == "fisher-mse" else []
             main, what = _dual(cop, shared, acc, method, seed, density, meter)

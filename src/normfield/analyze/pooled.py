@@ -34,7 +34,7 @@ from normfield.analyze.settings import Accuracy
 from normfield.analyze.spectrum import FisherSpectrum
 from normfield.core import krylov
 
-__all__ = ["parameter_spectrum", "per_batch_spectra", "pooled_spectra", "spread", "HESSIAN_MAX_PROBES"]
+__all__ = ["parameter_spectrum", "dense_parameter_spectrum", "per_batch_spectra", "pooled_spectra", "spread", "HESSIAN_MAX_PROBES"]
 
 #: Hutchinson probes of a Hessian trace at most (without ``probes=``).
 HESSIAN_MAX_PROBES = 64
@@ -51,13 +51,37 @@ def spread(values: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(student.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def dense_parameter_spectrum(cop: CurvatureOperator, acc: Accuracy, *, meter: ProductMeter,
+                             density: bool = False) -> FisherSpectrum:
+    """Every eigenvalue of a parameter-space operator formed column by column (P products: one HVP, or
+    one JVP and one VJP per batch, each), symmetrised, by ``eigvalsh``: exact to round-off."""
+    start = cop.products
+    M = np.stack([cop.matvec(e) for e in np.eye(cop.dim)], axis=1)
+    w = np.linalg.eigvalsh(0.5 * (M + M.T))[::-1].copy()
+    k = min(acc.k, cop.dim)
+    tr = float(np.trace(M))
+    return FisherSpectrum(
+        lambda_max=float(w[0]), m_lambda=tr / cop.parameters, trace=tr, trace_stderr=0.0,
+        parameters=cop.parameters, samples=cop.samples, outputs=cop.rows, eigenvalues=w[:k].copy(),
+        method="dense (parameter space)", products=cop.products - start, spectrum=w,
+        density_nodes=w.copy() if density else None,
+        density_weights=np.full(len(w), 1.0 / len(w)) if density else None, route=cop.route_used,
+        converged=not meter.exhausted, curvature=cop.curvature,
+        lambda_min=float(w[-1]) if is_hessian(cop.curvature) else None,
+        lambda_min_error=0.0 if is_hessian(cop.curvature) else None)
+
+
 def parameter_spectrum(cop: CurvatureOperator, acc: Accuracy, *, seed: int, meter: ProductMeter,
-                       trace: tuple[float, float, str] | None = None, density: bool = False) -> FisherSpectrum:
+                       trace: tuple[float, float, str] | None = None, density: bool = False,
+                       method: str = "lanczos") -> FisherSpectrum:
     """λ_max, the top-k eigenvalues (and λ_min of a Hessian) of a parameter-space operator.
 
     ``trace`` = (value, standard error, how) when known (the pooled Fisher's, from its batches);
-    otherwise a deflated Hutchinson estimate with HVPs or JVPs.
+    otherwise a deflated Hutchinson estimate with HVPs or JVPs. ``method="dense"`` (or ``"auto"``
+    with P <= ``acc.dense_max``) forms the matrix instead (:func:`dense_parameter_spectrum`).
     """
+    if method == "dense" or (method == "auto" and cop.dim <= acc.dense_max):
+        return dense_parameter_spectrum(cop, acc, meter=meter, density=density)
     start = cop.products
     k = min(acc.k, cop.dim)
     tol = acc.tol_for(cop.dtype)
@@ -99,7 +123,7 @@ def per_batch_spectra(cop: CurvatureOperator, acc: Accuracy, *, method: str, see
         if meter.stop():
             break
         if is_hessian(cop.curvature):
-            out.append(parameter_spectrum(sub, one, seed=seed, meter=meter))
+            out.append(parameter_spectrum(sub, one, seed=seed, meter=meter, method=method))
         else:
             main, _ = dual_spectra(sub, (), k=1, method=method, dense_max=acc.dense_max, tol=acc.tol,
                                    trace=acc.trace, probes=acc.probes, trace_rtol=acc.trace_rtol, seed=seed,
@@ -127,5 +151,6 @@ def pooled_spectra(cop: CurvatureOperator, acc: Accuracy, *, method: str, seed: 
         w = np.asarray(sizes, float) / cop.samples
         trace = (float(w @ frame["trace"].to_numpy()), float(np.sqrt(w**2 @ frame["trace_stderr"].to_numpy() ** 2)),
                  "trace = sum of the per-batch traces weighted T_b/N")
-    pooled = parameter_spectrum(cop, acc, seed=seed, meter=meter, trace=trace, density=density)
+    pooled = parameter_spectrum(cop, acc, seed=seed, meter=meter, trace=trace, density=density,
+                                method="lanczos" if method == "auto" else method)
     return pooled, frame

@@ -34,7 +34,8 @@ from normfield.analyze.settings import Accuracy
 from normfield.analyze.spectrum import FisherSpectrum
 from normfield.core import krylov
 
-__all__ = ["parameter_spectrum", "dense_parameter_spectrum", "per_batch_spectra", "pooled_spectra", "spread", "HESSIAN_MAX_PROBES"]
+__all__ = ["parameter_spectrum", "dense_parameter_spectrum", "per_batch_spectra", "pooled_spectra", "spread",
+           "HESSIAN_MAX_PROBES"]
 
 #: Hutchinson probes of a Hessian trace at most (without ``probes=``).
 HESSIAN_MAX_PROBES = 64

@@ -150,7 +150,8 @@ class AnalysisResult:
             d["lambda_min"] = self.fisher.lambda_min
         if self.per_batch is not None:
             d["per_batch"] = self.per_batch.to_dict(orient="records")
-            d["per_batch_spread"] = self.per_batch_spread()
+            d["per_batch_spread"] = {k: {n: (None if math.isnan(x) else x) for n, x in v.items()}
+                                     for k, v in self.per_batch_spread().items()}  # one batch: no interval
         d["settings"] = dict(self.settings)
         from normfield.jsonable import jsonable  # strict JSON: inf -> "inf"
 

@@ -57,7 +57,8 @@ class KernelPrediction:
         tol: the tolerance asked for; ``within_tol`` is ``error <= tol·max(1, ‖Θ_f‖_F, ‖K_f‖_F)``.
         grams: predicted batch Gram per hooked layer, keyed like ``nf.analyze``'s ``res.grams``.
         layers: DataFrame, one row per hooked layer: ``layer, module, type, call, batch, features`` and
-            :func:`normfield.analyze.hooks.gram_diagnostics` of the predicted Gram, plus ``error`` (stated).
+            :func:`normfield.analyze.hooks.gram_diagnostics` of the predicted Gram, plus ``error``: the
+            state's stated error (the larger of its NNGP's and its NTK's, absolute Frobenius).
         flags: what the caller should know (an error above tol, frozen parameters ...).
         translation: the kernel layers the model became.
         seconds: wall time.

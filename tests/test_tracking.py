@@ -228,7 +228,8 @@ def test_changed_parameter_set_is_refused_naming_model():
 
 @pytest.mark.parametrize("kw, arg", [({"every": 0}, "every"), ({"loss": "l1"}, "loss"), ({"trace": "x"}, "trace"),
                                      ({"tol": 2.0}, "tol"), ({"trace_rtol": -1.0}, "trace_rtol"),
-                                     ({"loss": "hessian", "trace": "exact"}, "trace")])
+                                     ({"loss": "hessian", "trace": "exact"}, "trace"),
+                                     ({"warm_random": 0}, "warm_random"), ({"warm_k": 0}, "warm_k")])
 def test_bad_arguments_name_the_argument(kw, arg):
     with pytest.raises(NormfieldError) as e:
         SharpnessTracker(_net(), _batch(), **kw)

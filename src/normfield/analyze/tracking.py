@@ -152,7 +152,8 @@ class SharpnessTracker:
     """
 
     def __init__(self, model: nn.Module, inputs: Any, *, loss: str = "mse", targets: Any = None, every: int = 1,
-                 k: int = 1, warm: bool = True, warm_k: int = 3, layers: Any = "auto",
+                 k: int = 1, warm: bool = True, warm_k: int = 1, warm_random: float = WARM_RANDOM,
+                 layers: Any = "auto",
                  parameters: Sequence[str] | str | None = None, outputs: Any = None, mode: str = "as-is",
                  dtype: Any = None, device: Any = None, tol: float | None = None, trace: str | None = None,
                  trace_rtol: float | None = None, probes: int | None = None, accuracy: Accuracy | None = None,
@@ -169,6 +170,11 @@ class SharpnessTracker:
         self.every = check_int("every", every, minimum=1)
         self.k = check_int("k", k, minimum=1)
         self.warm_k = check_int("warm_k", warm_k, minimum=1)
+        if isinstance(warm_random, bool) or not isinstance(warm_random, (int, float)) or not (
+                0 < warm_random <= 1):
+            raise NormfieldError(f"warm_random must be a number in (0, 1], got {warm_random!r}",
+                                 argument="warm_random")
+        self.warm_random = float(warm_random)
         if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < 1):
             raise NormfieldError(f"tol must be a number in (0, 1), got {tol!r}", argument="tol")
         if not (isinstance(trace_rtol, (int, float)) and trace_rtol > 0 and math.isfinite(trace_rtol)):
@@ -274,7 +280,7 @@ class SharpnessTracker:
         r = np.random.default_rng([self.seed, len(self.rows)]).standard_normal(dim)
         if self.operator.center_outputs:
             r = (r.reshape(self.operator.T, -1) - r.reshape(self.operator.T, -1).mean(0)).reshape(-1)
-        return v + WARM_RANDOM * r / max(float(np.linalg.norm(r)), 1e-300)
+        return v + self.warm_random * r / max(float(np.linalg.norm(r)), 1e-300)
 
     def _measure(self, step: int, lr: float | None) -> dict[str, Any]:
         op = self.operator

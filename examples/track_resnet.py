@@ -8,12 +8,19 @@ itself, so the tracked curvature is the Gauss–Newton part F = JᵀJ/T of the H
 the loss being descended (Karakida et al. 2019, eqs. (8), (9)), train-mode batch norm included.
 
 The learning rate is set from the first check: η = ``--lr-factor`` · 2/λ_max(θ_0), so training
-starts below the stability line η·λ_max = 2 (Karakida et al. 2019, eq. (23)). The record then
-shows λ_max rising towards 2/η (progressive sharpening) and η·λ_max reaching and hovering around
-2 (the edge of stability, Cohen et al. 2021), while the top fraction λ₁/tr of the batch Grams
-of the batch-norm outputs stays far from 1 (no rank collapse, Joudaki et al. 2023).
+starts below the stability line η·λ_max = 2 (Karakida et al. 2019, eq. (23)). Measured with
+``--steps 150 --every 15`` (the other options at their defaults): η·λ_max starts at 1.80, falls to
+1.64 in 15 steps, climbs back to 1.82 at step 30 and then moves between 1.52 and 1.69 to the end:
+the sharpness stays 9–24 % below 2/η, near but not at the edge of stability of Cohen et al. 2021
+(who follow the Hessian's λ_max; here its Gauss–Newton part), while the loss falls to
+0.845 at step 15 and 0.038 at step 150. With ``--lr-factor 0.6 --steps 200 --every 20`` η·λ_max
+rises from 1.20 to 1.37 by step 60 (progressive sharpening) and settles near 1.3.
+The batch Grams show batch norm undoing the concentration of the convolutions:
+the top fraction λ₁/tr is 0.42 at the last block's second convolution and 0.13 right after its
+batch norm, 0.145 after the stem's batch norm, at every check (no rank collapse, Joudaki et al.
+2023), while the head's falls from 0.58 to 0.14 as the classes are learnt.
 
-Run:  python examples/track_resnet.py [--steps 150] [--every 15] [--lr-factor 0.9] [--plot track.png]
+Run:  python examples/track_resnet.py [--steps 120] [--every 20] [--lr-factor 0.9] [--plot track.png]
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def digits_batch(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.as_tensor(np.asarray(ds.y[:samples])).long()
 
 
-def run(*, steps: int = 150, every: int = 15, samples: int = 64, width: int = 8, lr_factor: float = 0.9,
+def run(*, steps: int = 120, every: int = 20, samples: int = 64, width: int = 8, lr_factor: float = 0.9,
         seed: int = 0, plot: str | None = None, quiet: bool = False):
     """Train and track; returns (tracker.frame, tracker.layer_frame, lr)."""
     import normfield as nf
@@ -78,8 +85,8 @@ def run(*, steps: int = 150, every: int = 15, samples: int = 64, width: int = 8,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--every", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--lr-factor", type=float, default=0.9, help="eta = factor * 2 / lambda_max at init")

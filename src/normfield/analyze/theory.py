@@ -114,6 +114,10 @@ def attach_theory(result: Any, model: Any, inputs: Any, **predict_kwargs: Any) -
     mode = (getattr(result, "settings", None) or {}).get("mode", "as-is")
     with model_state_guard(model, mode):
         pred = predict(model, inputs, **predict_kwargs)
+    f = getattr(result, "fisher", None)
+    if f is not None and f.parameters != pred.parameters:
+        pred.flags.append(f"the analysis differentiated {f.parameters} parameters, the prediction all "
+                          f"{pred.parameters} trainable ones: λ_max, trace and m_λ compare different F*")
     result.prediction = pred
     result.theory = compare(result, pred)
     return result

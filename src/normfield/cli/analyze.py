@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     payload = res.to_dict()
     if getattr(res, "theory", None) is not None:
         payload.setdefault("theory", theory_records(res.theory))
+        payload["theory_flags"] = list(res.prediction.flags)
     payload["model"] = args.model
     if args.report is not None:
         from normfield.report.model import write_model_report
@@ -257,4 +258,5 @@ def render(p: dict[str, Any]) -> str:
         rows = [{c: ("-" if r.get(c) is None or r.get(c) == "" else r.get(c)) for c in cols} for r in p["theory"]]
         out += ["", "measured vs predicted at infinite width (ratio = measured/predicted; distance = "
                 "||G_measured - G_predicted||_F)", format_table(rows, cols)]
+        out += [f"theory flag: {f}" for f in p.get("theory_flags", [])]
     return "\n".join(out)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 import normfield as nf
-from normfield.analyze.tracking import STABILITY_LINE, SharpnessTracker
+from normfield.analyze.tracking import COLUMNS, STABILITY_LINE, SharpnessTracker, ritz_vectors
+from normfield.core import krylov
 from normfield.analyze.tracking_plots import plot_tracking
 from normfield.errors import NormfieldError
 
@@ -263,3 +264,18 @@ def test_plot_tracking_draws_the_frame(tmp_path):
         with pytest.raises(NormfieldError) as e:
             plot_tracking(bad)
         assert e.value.argument == "df"
+
+
+def test_ritz_vectors_of_a_finished_run_against_lapack():
+    # a run stopped at an invariant subspace (all n steps) has exact Ritz pairs: the top m Ritz
+    # vectors are the top m eigenvectors (up to sign), to round-off
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((12, 12))
+    A = B @ B.T
+    lz = krylov.lanczos(lambda v: A @ v, 12, 1, tol=1e-12, max_steps=12, seed=1)
+    assert lz.stopped == "invariant" and lz.products == 12
+    w, V = np.linalg.eigh(A)
+    Y = ritz_vectors(lz, 3)
+    assert Y.shape == (12, 3)
+    np.testing.assert_allclose(np.abs(np.sum(Y * V[:, ::-1][:, :3], 0)), 1.0, atol=1e-8)
+    assert list(SharpnessTracker(_net(), _batch(), layers="none").frame.columns) == list(COLUMNS)

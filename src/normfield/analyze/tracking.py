@@ -212,7 +212,7 @@ class SharpnessTracker:
         ``lanczos_steps, converged, warm, seconds``, then per hooked layer
         ``gram_top_fraction:<layer>`` and ``gram_effective_rank:<layer>`` (in execution order).
         The long form of the Gram diagnostics is :attr:`layer_frame`."""
-        return pd.DataFrame(self.rows)
+        return pd.DataFrame(self.rows) if self.rows else pd.DataFrame(columns=list(COLUMNS))
 
     @property
     def layer_frame(self) -> pd.DataFrame:

@@ -49,6 +49,13 @@ from normfield.analyze.plots import plot_spectrum
 from normfield.analyze.hooks import gram_diagnostics
 from normfield.analyze.tracking import SharpnessTracker
 from normfield.analyze.tracking_plots import plot_tracking
+from normfield.analyze.operator import CurvatureOperator
+from normfield.analyze.settings import Accuracy
+
+# -- theory for your model: infinite-width NNGP/NTK of batch-normalized compositions
+#    (the kernel layers themselves: ``normfield.infinite``)
+from normfield.infinite.predict import KernelPrediction, predict
+from normfield.infinite.simulate import FiniteKernels, finite_kernels
 
 # -- sweeps, claims and reports
 from normfield.runner.sweep import run_sweep
@@ -72,6 +79,9 @@ __all__ = [
     "load_dataset",
     # your model
     "analyze", "AnalysisResult", "plot_spectrum", "gram_diagnostics", "SharpnessTracker", "plot_tracking",
+    "CurvatureOperator", "Accuracy",
+    # theory for your model
+    "predict", "KernelPrediction", "finite_kernels", "FiniteKernels",
     # sweeps, claims, reports
     "run_sweep", "ResultCache", "ClaimContext", "ClaimResult", "all_claims", "run_claims", "write_report",
 ]

@@ -65,6 +65,7 @@ def analyze(
     accuracy: Accuracy | None = None,
     batch_inputs: Callable[[Any], Any] | None = None,
     max_batches: int | None = None,
+    theory: bool | dict[str, Any] = False,
 ) -> AnalysisResult:
     """Normalization diagnostics of ``model`` on the batch (or data set) ``inputs``.
 
@@ -173,6 +174,10 @@ def analyze(
         batch_inputs: callable mapping each batch of a data set (or the one batch) to the model's
             arguments (a tensor, a tuple or a dict).
         max_batches: use at most this many batches of a data set.
+        theory: put the infinite-width prediction (:func:`normfield.infinite.predict.predict`)
+            beside every measured number that has one — λ_max, m_λ, the trace and each layer's
+            Gram: ``res.theory`` (measured, predicted, ratio) and ``res.prediction``; a dict is
+            passed to the prediction (``init``, ``tol``, ``seed``). One batch only.
 
     Returns:
         :class:`normfield.analyze.AnalysisResult`.
@@ -197,6 +202,11 @@ def analyze(
     acc = resolve_accuracy(accuracy, tol=tol, trace=trace, probes=probes, trace_rtol=trace_rtol, budget=budget, k=k,
                            what_if_k=what_if_k, dense_max=dense_max, chunk=chunk)
     variants = _check_arguments(model, mode=mode, method=method, jvp=jvp, what_if=what_if, loss=loss)
+    if theory and not isinstance(inputs, (torch.Tensor, np.ndarray)):
+        raise NormfieldError(
+            f"theory: the infinite-width prediction takes one batch, a tensor or array of shape (T, d); got "
+            f"{type(inputs).__name__} (analyze a data set without theory=True, or pass one batch)",
+            argument="theory")
     dev, dt = resolve_device(device, model), resolve_dtype(dtype, model)
     batches, single = as_batches(inputs, dtype=dt, device=dev, batch_inputs=batch_inputs, targets=targets,
                                  max_batches=max_batches)
@@ -239,8 +249,13 @@ def analyze(
     settings = _settings(batches, out, dt, dev, mode=mode, method=method, acc=acc, seed=seed, names=names,
                          variants=variants, loss=loss, cop=cop, fisher_res=fisher_res, what=what,
                          per_batch=per_batch)
-    return AnalysisResult(fisher=fisher_res, layers=layers_df, grams=grams, what_if=what, settings=settings,
-                          per_batch=per_batch)
+    res = AnalysisResult(fisher=fisher_res, layers=layers_df, grams=grams, what_if=what, settings=settings,
+                         per_batch=per_batch)
+    if theory:
+        from normfield.analyze.theory import attach_theory  # the infinite-width prediction beside the measurement
+
+        attach_theory(res, model, inputs, **(theory if isinstance(theory, dict) else {}))
+    return res
 
 
 def _check_arguments(model: Any, *, mode: str, method: str, jvp: str, what_if: Any, loss: str) -> list[str]:

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from normfield.core.gram_summary import gram_diagnostics  # re-exported: nf.gram_diagnostics
 from normfield.errors import NormfieldError
 
 __all__ = ["DEFAULT_LAYER_TYPES", "gram_diagnostics", "activation_name_of", "select_layers", "layer_gram_rows"]
@@ -86,43 +87,6 @@ def select_layers(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module]]:
                 + (" ..." if len(named) > 20 else ""), argument="layers")
         out.extend(h for h in hits if h not in out)
     return out
-
-
-def gram_diagnostics(G: np.ndarray, *, collapse_threshold: float = 0.9) -> dict[str, Any]:
-    """Spectral summary of one batch Gram matrix.
-
-    Args:
-        G: shape (n, n), symmetric PSD, float64.
-        collapse_threshold: ``collapsed`` is λ_1/tr(G) >= this.
-
-    Returns:
-        dict with mean_diag, mean_offdiag, mean_cosine (mean off-diagonal
-        G_ij/sqrt(G_ii G_jj)), lambda_max, lambda_min, condition_number
-        (inf when λ_min <= 1e-12·λ_max), effective_rank, top_fraction, collapsed.
-    """
-    n = G.shape[0]
-    w = np.linalg.eigvalsh(0.5 * (G + G.T))[::-1]
-    tr = float(np.trace(G))
-    d = np.sqrt(np.clip(np.diag(G), 1e-300, None))
-    C = G / np.outer(d, d)
-    off = ~np.eye(n, dtype=bool)
-    wp = np.clip(w, 0, None)
-    p = wp / max(wp.sum(), 1e-300)
-    ent = -float(np.sum(p[p > 0] * np.log(p[p > 0])))
-    lmin = float(w[-1])
-    cond = float(w[0] / lmin) if lmin > 1e-12 * max(float(w[0]), 1e-300) else math.inf
-    top = float(w[0] / tr) if tr > 0 else math.nan
-    return {
-        "mean_diag": float(np.mean(np.diag(G))),
-        "mean_offdiag": float(G[off].mean()) if n > 1 else math.nan,
-        "mean_cosine": float(C[off].mean()) if n > 1 else math.nan,
-        "lambda_max": float(w[0]),
-        "lambda_min": lmin,
-        "condition_number": cond,
-        "effective_rank": math.exp(ent),
-        "top_fraction": top,
-        "collapsed": bool(top >= collapse_threshold) if tr > 0 else True,
-    }
 
 
 def _fixed_point_matrix(activation: str, n: int) -> np.ndarray | None:

@@ -35,6 +35,10 @@ class AnalysisResult:
             ``trace_stderr``, ``products``): each batch's own curvature F_b; for a data set the
             pooled ``fisher`` is F = Σ_b (T_b/N) F_b (:mod:`normfield.analyze.pooled`). ``None``
             without the curvature.
+        theory: with ``analyze(..., theory=True)``, one row per number that has an infinite-width
+            prediction (:func:`normfield.analyze.theory.compare`: quantity, layer, measured,
+            predicted, ratio, distance); ``prediction`` the
+            :class:`~normfield.infinite.predict.KernelPrediction` itself.
     """
 
     fisher: FisherSpectrum | None
@@ -43,6 +47,8 @@ class AnalysisResult:
     what_if: dict[str, FisherSpectrum] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     per_batch: pd.DataFrame | None = None
+    theory: pd.DataFrame | None = None
+    prediction: Any = field(default=None, repr=False)
 
     # -- what was measured ----------------------------------------------------------
     @property
@@ -152,6 +158,10 @@ class AnalysisResult:
             d["per_batch"] = self.per_batch.to_dict(orient="records")
             d["per_batch_spread"] = {k: {n: (None if math.isnan(x) else x) for n, x in v.items()}
                                      for k, v in self.per_batch_spread().items()}  # one batch: no interval
+        if self.theory is not None:
+            from normfield.analyze.theory import theory_records
+
+            d["theory"] = theory_records(self.theory)
         d["settings"] = dict(self.settings)
         from normfield.jsonable import jsonable  # strict JSON: inf -> "inf"
 

@@ -194,7 +194,7 @@ def predict(
         NormfieldError: a module without a kernel (named); a batch of one under train-mode batch norm;
             non-finite inputs; dropout in training mode; a bad ``init`` or ``tol``.
     """
-    from normfield.analyze.hooks import gram_diagnostics  # the measured route's own summary of a Gram
+    from normfield.core.gram_summary import gram_diagnostics  # the measured route's own summary of a Gram
     from normfield.infinite import kernel
 
     t0 = time.perf_counter()

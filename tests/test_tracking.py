@@ -165,6 +165,8 @@ def test_step_only_measures_every_k_and_the_frame_is_tidy():
     lf = tracker.layer_frame
     assert len(lf) == 6 and set(lf["layer"]) == {"1", "2"}
     assert STABILITY_LINE == 2.0
+    # later checks reuse the product route the first one chose (no second probe of the routes)
+    assert tracker.operator.route == tracker.operator.route_used == "forward"
 
 
 def test_gram_columns_match_the_layer_output_gram():

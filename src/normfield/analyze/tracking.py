@@ -62,6 +62,7 @@ from normfield.analyze.losses import LOSSES, is_hessian
 from normfield.analyze.operator import WARM_RANDOM, CurvatureOperator
 from normfield.analyze.settings import Accuracy, resolve_accuracy
 from normfield.core import krylov
+from normfield.core.jacobian import ROUTES
 from normfield.core.validation import check_choice, check_int
 from normfield.errors import NormfieldError
 
@@ -282,6 +283,16 @@ class SharpnessTracker:
             r = (r.reshape(self.operator.T, -1) - r.reshape(self.operator.T, -1).mean(0)).reshape(-1)
         return v + self.warm_random * r / max(float(np.linalg.norm(r)), 1e-300)
 
+    @staticmethod
+    def _keep_route(op: CurvatureOperator) -> None:
+        """After the first check, build later checks' products on the route the first one chose
+        (:data:`normfield.core.jacobian.ROUTES`), so a re-read operator does not probe the routes
+        (and count the first JVP's ops and flops) again; a traced route is kept as its untraced
+        forward-mode twin, since every check has a new point to trace at."""
+        used = op.route_used
+        if op.route == "auto" and used in ROUTES:
+            op.route = used.replace("linearize", "forward")
+
     def _measure(self, step: int, lr: float | None) -> dict[str, Any]:
         op = self.operator
         nan = math.nan
@@ -302,6 +313,7 @@ class SharpnessTracker:
             row["products"] = op.products - start
             return row
         row["lambda_products"] = op.products - start
+        self._keep_route(op)
         self._ritz = ritz_vectors(lz, self.warm_k)
         lam = float(lz.eigenvalues[0])
         self.eigenvalues[step] = np.asarray(lz.eigenvalues, dtype=float).copy()

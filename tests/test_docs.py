@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import pytest
 
-from docs_runner import ROOT, all_cases, make_workdir, run_case
+from docs_runner import all_cases, cases_of_page, compare_output, make_workdir, run_case, stated_numbers
 
 CASES = all_cases()
 
@@ -71,12 +71,11 @@ def test_doc_example(case, workdirs):
     if case.skip:
         pytest.skip(f"{case.page} line {case.line}: {case.skip}")
     problems = run_case(case, workdirs(case))
-    where = f"{case.page}, block {case.block} (line {case.line}) of {ROOT.name}"
+    where = f"{case.page}, block {case.block} (line {case.line})"
     assert not problems, f"{where}:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 # -- the checker itself: it must fail when a stated number drifts ----------------------------------------
-from docs_runner import cases_of_page, compare_output, stated_numbers  # noqa: E402
 
 PAGE = '''# A page
 
@@ -133,8 +132,6 @@ def test_expected_output_numbers_text_and_elisions():
 
 
 def test_a_page_with_a_drifted_number_fails_and_the_same_page_passes(tmp_path):
-    from docs_runner import make_workdir, run_case
-
     def run(e):
         page = tmp_path / f"page{e}.md"
         page.write_text(PAGE.replace("{e}", e))

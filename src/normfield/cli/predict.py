@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random batch (or read --data), translate the model into infinite-width kernel layers at its own "
         "widths and initial variances, and print the predicted lambda_max, m_lambda, trace and "
         "learning-rate bound of F* = J J^T / T and the predicted batch Gram diagnostics of every layer. "
-        "Example: normfield predict examples/mlp.py:make_model --input-shape 16 --batch 16")
+        "Example: normfield predict examples/bn_mlp.py:make_model --input-shape 32 --batch 16")
     p.add_argument("model", metavar="MODULE:FACTORY",
                    help="e.g. mypkg.models:make_net or path/to/file.py:make_net (called with --factory-kwargs)")
     p.add_argument("--input-shape", help="shape of one input sample, e.g. 64 (random N(0,1) batch)")

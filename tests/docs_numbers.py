@@ -2,7 +2,7 @@
 
 Used by ``tests/docs_runner.py`` (the rules are in its docstring and in docs/DESIGN.md, "Docs are
 tested"). A number matches as written: within half a unit of its last written digit (a whole unit
-when it is truncated, ``0.9555...``) or :data:`MIN_RTOL` relatively, whichever is larger; ``≈``/``~`` before it allows :data:`APPROX_RTOL`; a declared
+when it is truncated, ``0.9555...``); ``≈``/``~`` before it allows :data:`APPROX_RTOL`; a declared
 ``rtol`` allows that much relatively; ``< X`` means below X.
 """
 
@@ -15,10 +15,6 @@ import tokenize
 from dataclasses import dataclass
 
 APPROX_RTOL = 0.05  # what ≈ (or ~) before a number allows
-#: the least relative tolerance of any stated number: the pages' eigenvalues come from Lanczos runs
-#: stopped at a relative accuracy of 1e-4 (float32 default), so two correct runs on machines whose
-#: BLAS rounds differently may differ by up to 2e-4 relative
-MIN_RTOL = 2e-4
 MARK = "\x1edocs-test"  # delimits the output of one checked print statement
 
 # a number: not glued to a word before it (kappa1, Conv2d, stem.0, x3) or after it (2d, 1st)
@@ -38,7 +34,7 @@ class Number:
     def allows(self, x: float, rtol: float) -> bool:
         if self.below:
             return x < self.value
-        tol = max(self.tol, (APPROX_RTOL if self.approx else 0.0) * abs(self.value), max(rtol, MIN_RTOL) * abs(self.value))
+        tol = max(self.tol, (APPROX_RTOL if self.approx else 0.0) * abs(self.value), rtol * abs(self.value))
         return abs(x - self.value) <= tol * (1 + 1e-12)
 
 

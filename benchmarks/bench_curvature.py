@@ -24,47 +24,20 @@ Usage:  python benchmarks/bench_curvature.py [--full] [--json]
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 import normfield as nf
 from normfield.analyze import CurvatureOperator
-from normfield.analyze._functional import model_state_guard
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from bench_analyze import _example, _log, forward_backward_seconds  # the shared baseline and loader
 
 
 def _resnet(width: int) -> torch.nn.Module:
-    spec = importlib.util.spec_from_file_location("_bench_resnet18", EXAMPLES / "resnet18.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     torch.manual_seed(0)
-    return mod.make_model(width)
-
-
-def forward_backward_seconds(model, x, repeats: int = 5) -> float:
-    """Median wall time of one forward+backward (train mode), after one untimed warm-up."""
-    times = []
-    with model_state_guard(model):
-        for i in range(repeats + 1):
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            model(x).sum().backward()
-            if i:
-                times.append(time.perf_counter() - t0)
-    model.zero_grad(set_to_none=True)
-    return float(np.median(times))
-
-
-def _log(msg: str) -> None:
-    import sys
-
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    return _example("resnet18").make_model(width)
 
 
 def main() -> None:

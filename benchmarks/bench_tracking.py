@@ -24,24 +24,15 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import resource
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_analyze import _example  # examples/*.py loaded by path
 
 
 def warm_against_cold(steps: int, every: int, samples: int = 64, width: int = 8, lr_factor: float = 0.6,

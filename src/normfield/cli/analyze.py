@@ -23,13 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "print lambda_max, m_lambda, the learning-rate bound 2/lambda_max, the top Fisher eigenvalues "
         "and the batch Gram diagnostics of every layer. Example: normfield analyze "
         "examples/resnet_block.py:make_model --input-shape 3,8,8 --batch 16 --what-if last-mean")
-    p.add_argument("model", metavar="MODULE:FACTORY",
-                   help="e.g. mypkg.models:make_net or path/to/file.py:make_net (called with --factory-kwargs)")
-    p.add_argument("--input-shape", help="shape of one input sample, e.g. 3,32,32 (random N(0,1) batch)")
-    p.add_argument("--data", help="input batch from a file: .npy, .npz (first array), .pt, or .csv (one sample per row)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="samples T (default 32 for random inputs; all rows of --data)")
-    p.add_argument("--factory-kwargs", default="{}", help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
+    add_model_arguments(p)
     p.add_argument("--what-if", choices=["last-mean"], default=None,
                    help="also analyze the model with last-layer mean subtraction (Karakida et al. 2019, eq. 15)")
     p.add_argument("--loss", default="mse", choices=["mse", "cross-entropy"],
@@ -157,10 +151,22 @@ def load_data(path: str, shape: tuple[int, ...] | None = None, batch: int | None
     return x.double() if x.is_floating_point() else x
 
 
-def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    import torch
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and its batch, as ``normfield analyze`` and ``normfield predict`` take them."""
+    p.add_argument("model", metavar="MODULE:FACTORY",
+                   help="e.g. mypkg.models:make_net or path/to/file.py:make_net (called with --factory-kwargs)")
+    p.add_argument("--input-shape", help="shape of one input sample, e.g. 3,32,32 (random N(0,1) batch)")
+    p.add_argument("--data", help="input batch from a file: .npy, .npz (first array), .pt, or .csv (one sample per row)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="samples T (default 32 for random inputs; all rows of --data)")
+    p.add_argument("--factory-kwargs", default="{}", help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
 
-    from normfield.analyze import analyze
+
+def model_and_batch(args: argparse.Namespace):
+    """(model, batch) from the arguments of :func:`add_model_arguments` and ``--seed``: the factory
+    called after ``torch.manual_seed(seed)``, and the batch read from ``--data`` or drawn N(0, 1) in
+    float64 from a generator seeded with ``seed`` (the same batch for every command)."""
+    import torch
 
     try:
         kwargs = json.loads(args.factory_kwargs)
@@ -170,26 +176,31 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         raise NormfieldError("--factory-kwargs must be a JSON object like '{\"width\": 64}'", argument="--factory-kwargs")
     if args.batch is not None and args.batch < 1:
         raise NormfieldError(f"--batch must be >= 1, got {args.batch}", argument="--batch")
-    if args.k < 1:
-        raise NormfieldError(f"--k must be >= 1, got {args.k}", argument="--k")
-    if args.what_if_k < 1:
-        raise NormfieldError(f"--what-if-k must be >= 1, got {args.what_if_k}", argument="--what-if-k")
     shape = _parse_shape(args.input_shape) if args.input_shape else None
     if args.data is None and shape is None:
         raise NormfieldError("give --input-shape (random N(0,1) batch) or --data FILE", argument="--input-shape")
     torch.manual_seed(args.seed)  # the factory's own initialization
     model = load_model(args.model, kwargs)
     if args.data is not None:
-        x = load_data(args.data, shape, args.batch)
-    else:
-        from normfield.core.validation import check_memory
+        return model, load_data(args.data, shape, args.batch)
+    from normfield.core.validation import check_memory
 
-        n_batch = args.batch or 32
-        check_memory("inputs", 8.0 * n_batch * math.prod(shape),
-                     hint=f"the random batch of {n_batch} inputs of shape {tuple(shape)} is too large; "
-                          "pass a smaller --batch or --input-shape")
-        g = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(n_batch, *shape, generator=g, dtype=torch.float64)
+    n_batch = args.batch or 32
+    check_memory("inputs", 8.0 * n_batch * math.prod(shape),
+                 hint=f"the random batch of {n_batch} inputs of shape {tuple(shape)} is too large; "
+                      "pass a smaller --batch or --input-shape")
+    g = torch.Generator().manual_seed(args.seed)
+    return model, torch.randn(n_batch, *shape, generator=g, dtype=torch.float64)
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    from normfield.analyze import analyze
+
+    if args.k < 1:
+        raise NormfieldError(f"--k must be >= 1, got {args.k}", argument="--k")
+    if args.what_if_k < 1:
+        raise NormfieldError(f"--what-if-k must be >= 1, got {args.what_if_k}", argument="--what-if-k")
+    model, x = model_and_batch(args)
     layers: Any = args.layers
     if layers not in ("auto", "none"):
         layers = [t.strip() for t in layers.split(",") if t.strip()]
@@ -202,14 +213,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     res = analyze(model, x, what_if=args.what_if, what_if_k=args.what_if_k, k=args.k, method=args.method,
                   mode=args.mode, layers=layers, parameters=params, fisher=not args.no_fisher, dtype=args.dtype,
                   device=args.device, seed=args.seed, tol=args.tol, trace=args.trace, budget=budget,
-                  progress=args.progress, loss=args.loss)
-    if getattr(args, "theory", False):
-        from normfield.analyze.theory import attach_theory, theory_records
-
-        attach_theory(res, model, x, seed=args.seed)
-    payload = res.to_dict()
-    if getattr(res, "theory", None) is not None:
-        payload.setdefault("theory", theory_records(res.theory))
+                  progress=args.progress, loss=args.loss,
+                  theory={"seed": args.seed} if getattr(args, "theory", False) else False)
+    payload = res.to_dict()  # with res.theory under the key "theory"
+    if res.theory is not None:
         payload["theory_flags"] = list(res.prediction.flags)
     payload["model"] = args.model
     if args.report is not None:

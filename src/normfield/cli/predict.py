@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
 from normfield.cli._common import add_json_flag, fmt, format_table
-from normfield.cli.analyze import _parse_shape, load_data, load_model
+from normfield.cli.analyze import add_model_arguments, model_and_batch
 from normfield.errors import NormfieldError
 
 
@@ -20,14 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "widths and initial variances, and print the predicted lambda_max, m_lambda, trace and "
         "learning-rate bound of F* = J J^T / T and the predicted batch Gram diagnostics of every layer. "
         "Example: normfield predict examples/bn_mlp.py:make_model --input-shape 32 --batch 16")
-    p.add_argument("model", metavar="MODULE:FACTORY",
-                   help="e.g. mypkg.models:make_net or path/to/file.py:make_net (called with --factory-kwargs)")
-    p.add_argument("--input-shape", help="shape of one input sample, e.g. 64 (random N(0,1) batch)")
-    p.add_argument("--data", help="input batch from a file: .npy, .npz (first array), .pt, or .csv")
-    p.add_argument("--batch", type=int, default=None,
-                   help="samples T (default 32 for random inputs; all rows of --data)")
-    p.add_argument("--factory-kwargs", default="{}",
-                   help='JSON keyword arguments for the factory, e.g. \'{"width": 64}\'')
+    add_model_arguments(p)
     p.add_argument("--mode", default="train", choices=["train", "eval", "as-is"],
                    help="module mode (default train: batch statistics, as `normfield analyze`)")
     p.add_argument("--init", default=None,
@@ -52,30 +44,11 @@ def _json_arg(name: str, text: str | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    import torch
-
     from normfield.analyze._functional import model_state_guard
     from normfield.infinite.predict import predict
 
-    kwargs = _json_arg("--factory-kwargs", args.factory_kwargs)
     init = _json_arg("--init", args.init)
-    if args.batch is not None and args.batch < 1:
-        raise NormfieldError(f"--batch must be >= 1, got {args.batch}", argument="--batch")
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    if args.data is None and shape is None:
-        raise NormfieldError("give --input-shape (random N(0,1) batch) or --data FILE", argument="--input-shape")
-    torch.manual_seed(args.seed)  # the factory's own initialization, as `normfield analyze`
-    model = load_model(args.model, kwargs)
-    if args.data is not None:
-        x = load_data(args.data, shape, args.batch)
-    else:
-        from normfield.core.validation import check_memory
-
-        n_batch = args.batch or 32
-        check_memory("inputs", 8.0 * n_batch * math.prod(shape),
-                     hint="pass a smaller --batch or --input-shape")
-        g = torch.Generator().manual_seed(args.seed)  # the same batch `normfield analyze` draws
-        x = torch.randn(n_batch, *shape, generator=g, dtype=torch.float64)
+    model, x = model_and_batch(args)  # the same model and batch `normfield analyze` builds
     with model_state_guard(model, args.mode):
         res = predict(model, x, init=init, tol=args.tol, seed=args.seed)
     payload = res.to_dict()

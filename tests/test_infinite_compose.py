@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from normfield.fisher.networks import MLPConfig
 from normfield.fisher.order_params import order_parameters
@@ -33,12 +32,7 @@ from normfield.infinite import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread
 
 
 def _orthonormal_inputs(T, d, seed=0):

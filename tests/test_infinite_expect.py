@@ -22,12 +22,7 @@ from normfield.infinite.ops import ActOp, BNTrainOp
 from normfield.infinite.state import OpNode, SumNode
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread
 
 
 def _x(T=4, d=6, seed=0):

@@ -11,6 +11,7 @@ mean over probes and nets, computed from the explicit Jacobians.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.func import functional_call, jacrev
 
@@ -18,16 +19,10 @@ from normfield.core.seeding import derive_seed
 from normfield.infinite import Activation, BatchNorm, Dense, Serial, finite_kernels
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread
+
+
 def test_finite_kernels_against_explicit_jacobian():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _check()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check():
     x = np.random.default_rng(0).standard_normal((3, 4))
     net = Serial(Dense(5), BatchNorm(), Activation("tanh"), Dense(3))
     nets, probes = 2, 50

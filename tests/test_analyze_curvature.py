@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from brute import explicit_fisher, explicit_jacobian
 from torch import nn
 
 import normfield as nf
@@ -38,36 +39,10 @@ def _x(T=12, d=5, seed=1):
     return torch.randn(T, d, generator=torch.Generator().manual_seed(seed), dtype=DT)
 
 
-def _brute(model, args, kwargs=None):
-    """(out at θ, J of shape (out.numel(), P)) by torch.autograd.functional.jacobian, train-mode BN over
-    the batch, on copies of the buffers (the model's running statistics are not touched)."""
-    names = [n for n, _ in model.named_parameters()]
-    params = tuple(p.detach().clone() for p in model.parameters())
-    bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
-
-    def f(*ps):
-        return torch.func.functional_call(model, {**{n: b.clone() for n, b in bufs.items()}, **dict(zip(names, ps))},
-                                          args, kwargs or {})
-
-    out = f(*params).detach()
-    Js = torch.autograd.functional.jacobian(f, params)
-    return out, torch.cat([j.reshape(out.numel(), -1) for j in Js], dim=1)
-
-
-def _ce_fisher(out, J):
-    """(1/(T·S)) Σ_{t,s} J_tsᵀ (diag p − p pᵀ) J_ts with p the softmax over the LAST axis, formed explicitly."""
-    C = out.shape[-1]
-    rows = out.reshape(-1, C)
-    p = torch.softmax(rows, -1)
-    Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    Jr = J.reshape(rows.shape[0], C, -1)
-    return (torch.einsum("rcp,rcd,rdq->pq", Jr, Lam, Jr) / rows.shape[0]).numpy()
-
-
 def test_cross_entropy_fisher_against_the_explicit_matrix():
     model, x = _mlp_bn(), _x()
-    out, J = _brute(model, (x,))
-    F = _ce_fisher(out, J)
+    out, J = explicit_jacobian(model, (x,))
+    F = explicit_fisher(out, J, "cross-entropy")
     w = np.linalg.eigvalsh(F)[::-1]
     dense = nf.analyze(model, x, loss="cross-entropy", method="dense", layers="none", k=4)
     assert dense.curvature == "fisher-cross-entropy" and dense.fisher.curvature == "fisher-cross-entropy"
@@ -99,12 +74,12 @@ def test_cross_entropy_softmax_is_per_position():
     model = Seq().to(DT)
     model.W = nn.Parameter(torch.randn(6, 5, dtype=DT))
     x = torch.randn(6, 4, 3, dtype=DT)
-    out, J = _brute(model, (x,))
-    F = _ce_fisher(out, J)
+    out, J = explicit_jacobian(model, (x,))
+    F = explicit_fisher(out, J, "cross-entropy")
     res = nf.analyze(model, x, loss="cross-entropy", method="dense", layers="none")
     assert res.lambda_max == pytest.approx(np.linalg.eigvalsh(F)[-1], rel=1e-10)
     assert res.fisher.trace == pytest.approx(np.trace(F), rel=1e-10)
-    wrong = _ce_fisher(out.reshape(6, 1, -1), J)  # one softmax over the 20 = S·C logits
+    wrong = explicit_fisher(out.reshape(6, 1, -1), J, "cross-entropy")  # one softmax over the 20 = S·C logits
     assert abs(np.trace(wrong) - np.trace(F)) > 0.05 * np.trace(F)
 
 
@@ -208,11 +183,11 @@ def test_last_mean_products_are_counted_where_they_are_spent():
     assert d.what_if["last-mean"].products == 0 and "no product" in d.to_dict()["what_if"]["last-mean"]["note"]
     # the cross-entropy variant is the Fisher of the centred model, against brute force
     ce = nf.analyze(model, x, loss="cross-entropy", method="dense", what_if="last-mean", layers="none")
-    out, J = _brute(model, (x,))
+    out, J = explicit_jacobian(model, (x,))
     T = x.shape[0]
     Pi = torch.eye(T, dtype=DT) - 1.0 / T
     Jc = torch.einsum("ts,scp->tcp", Pi, J.reshape(T, 4, -1)).reshape(T * 4, -1)
-    Fc = _ce_fisher(Pi @ out, Jc)
+    Fc = explicit_fisher(Pi @ out, Jc, "cross-entropy")
     assert ce.what_if["last-mean"].lambda_max == pytest.approx(np.linalg.eigvalsh(Fc)[-1], rel=1e-10)
     assert ce.what_if["last-mean"].products > 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from brute import explicit_fisher, explicit_jacobian
 from torch import nn
 
 import normfield as nf
@@ -49,23 +50,8 @@ class TwoInputs(nn.Module):
 
 
 def _brute_fisher(model, args, kwargs, ce):
-    names = [n for n, _ in model.named_parameters()]
-    params = tuple(p.detach().clone() for p in model.parameters())
-    bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
-
-    def f(*ps):
-        return torch.func.functional_call(model, {**{n: b.clone() for n, b in bufs.items()},
-                                                  **dict(zip(names, ps))}, args, kwargs)
-
-    out = f(*params).detach()
-    J = torch.cat([j.reshape(out.numel(), -1) for j in torch.autograd.functional.jacobian(f, params)], 1)
-    if not ce:
-        return (J.T @ J).numpy() / out.shape[0]
-    C = out.shape[-1]
-    p = torch.softmax(out.reshape(-1, C), -1)
-    Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    Jr = J.reshape(-1, C, J.shape[1])
-    return torch.einsum("rcp,rcd,rdq->pq", Jr, Lam, Jr).numpy() / Jr.shape[0]
+    out, J = explicit_jacobian(model, args, kwargs)
+    return explicit_fisher(out, J, "cross-entropy" if ce else "mse")
 
 
 def test_dict_inputs_of_a_token_model_with_a_per_position_softmax():

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from brute import explicit_fisher, explicit_jacobian
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -37,22 +38,8 @@ def _data(N=24, seed=1):
 
 def _batch_fisher(model, x, loss):
     """J_bᵀ Λ_b J_b (un-normalised) of one batch, formed explicitly."""
-    names = [n for n, _ in model.named_parameters()]
-    params = tuple(p.detach().clone() for p in model.parameters())
-    bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
-
-    def f(*ps):
-        return torch.func.functional_call(model, {**{n: b.clone() for n, b in bufs.items()},
-                                                  **dict(zip(names, ps))}, (x,))
-
-    out = f(*params).detach()
-    J = torch.cat([j.reshape(out.numel(), -1) for j in torch.autograd.functional.jacobian(f, params)], 1)
-    J = J.reshape(out.shape[0], out.shape[1], -1)
-    if loss == "mse":
-        return torch.einsum("tcp,tcq->pq", J, J).numpy()
-    p = torch.softmax(out, -1)
-    Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    return torch.einsum("tcp,tcd,tdq->pq", J, Lam, J).numpy()
+    out, J = explicit_jacobian(model, (x,))
+    return explicit_fisher(out, J, loss) * out.shape[0]
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross-entropy"])

@@ -50,7 +50,7 @@ from normfield.analyze.cost import DEFAULT_TRACE_RTOL, ProductMeter, default_tol
 from normfield.analyze.operator import CurvatureOperator
 from normfield.core.jacobian import JacobianOperator
 from normfield.analyze.spectrum import FisherSpectrum
-from normfield.analyze.variants import WARM_RANDOM, _mean_block, center_outputs, projected_ritz, warm_start
+from normfield.analyze.variants import WARM_RANDOM, _mean_block, center_outputs, projected_ritz, warm_start  # noqa: F401 (WARM_RANDOM: its former home)
 from normfield.core import krylov
 from normfield.core.validation import check_choice, check_int, check_memory
 from normfield.errors import NormfieldError
@@ -227,6 +227,34 @@ def fisher_spectra(
                         max_steps=max_steps, budget=budget, progress=progress)
 
 
+def _dense_spectra(cop: CurvatureOperator, want: dict[str, bool], k: int, kv: int, *, chunk: int | None,
+                   progress: bool, keep_dual: bool, density: bool) -> tuple[FisherSpectrum, dict[str, FisherSpectrum]]:
+    """The dense route of :func:`dual_spectra`: F* formed once (T·C rows), every wanted spectrum from it
+    (``want``: name -> centred?); a centred variant Π F* Π costs no further product."""
+    op, T, C = cop.jacobian, cop.T, cop.rows
+    n, P = op.n, cop.parameters
+    F, rownorm, prods = dense_dual(op, chunk=chunk, progress=progress)
+    Fd = F.double().cpu().numpy()
+    out = {}
+    for name, cen in want.items():
+        if cen:
+            F4 = Fd.reshape(T, C, T, C)  # Π F* Π: subtract the sample means on both sides
+            F4 = F4 - F4.mean(axis=0, keepdims=True)
+            Fc = (F4 - F4.mean(axis=2, keepdims=True)).reshape(n, n)
+            Fc = 0.5 * (Fc + Fc.T)
+            out[name] = _dense_spectrum(Fc, float(np.trace(Fc)), P, T, C, k if name == "main" else kv,
+                                        prods if name == "main" else 0,
+                                        op.route, keep_dual=keep_dual, density=density)
+            if name != "main":
+                out[name].note = "reuses the main run's dense F*: Π F* Π costs no product"
+        else:
+            out[name] = _dense_spectrum(Fd, float(rownorm.double().sum()) * op.scale, P, T, C, k, prods,
+                                        op.route, keep_dual=keep_dual, density=density)
+    for r in out.values():
+        r.curvature = cop.curvature
+    return out.pop("main"), out
+
+
 def dual_spectra(
     cop: CurvatureOperator,
     variants: Sequence[str] = (),
@@ -280,26 +308,8 @@ def dual_spectra(
         method = "dense" if n <= dense_max else "lanczos"
     want = {"main": cop.center_outputs, **{v: True for v in variants}}  # name -> centred?
     if method == "dense":
-        F, rownorm, prods = dense_dual(op, chunk=chunk, progress=progress)
-        Fd = F.double().cpu().numpy()
-        out = {}
-        for name, cen in want.items():
-            if cen:
-                F4 = Fd.reshape(T, C, T, C)  # Π F* Π: subtract the sample means on both sides
-                F4 = F4 - F4.mean(axis=0, keepdims=True)
-                Fc = (F4 - F4.mean(axis=2, keepdims=True)).reshape(n, n)
-                Fc = 0.5 * (Fc + Fc.T)
-                out[name] = _dense_spectrum(Fc, float(np.trace(Fc)), P, T, C, k if name == "main" else kv,
-                                            prods if name == "main" else 0,
-                                            op.route, keep_dual=keep_dual, density=density)
-                if name != "main":
-                    out[name].note = "reuses the main run's dense F*: Π F* Π costs no product"
-            else:
-                out[name] = _dense_spectrum(Fd, float(rownorm.double().sum()) * op.scale, P, T, C, k, prods,
-                                            op.route, keep_dual=keep_dual, density=density)
-        for r in out.values():
-            r.curvature = cop.curvature
-        return out.pop("main"), out
+        return _dense_spectra(cop, want, k, kv, chunk=chunk, progress=progress, keep_dual=keep_dual,
+                              density=density)
     own = meter is None
     if own:
         meter = ProductMeter(parse_budget(budget), progress=progress)

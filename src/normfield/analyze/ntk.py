@@ -50,7 +50,8 @@ from normfield.analyze.cost import DEFAULT_TRACE_RTOL, ProductMeter, default_tol
 from normfield.analyze.operator import CurvatureOperator
 from normfield.core.jacobian import JacobianOperator
 from normfield.analyze.spectrum import FisherSpectrum
-from normfield.analyze.variants import WARM_RANDOM, _mean_block, center_outputs, projected_ritz, warm_start  # noqa: F401 (WARM_RANDOM: its former home)
+# WARM_RANDOM stays importable from here, its former home
+from normfield.analyze.variants import WARM_RANDOM, _mean_block, center_outputs, projected_ritz, warm_start  # noqa: F401
 from normfield.core import krylov
 from normfield.core.validation import check_choice, check_int, check_memory
 from normfield.errors import NormfieldError

@@ -31,30 +31,10 @@ import torch
 from torch import nn
 
 from normfield.core.gram_summary import gram_diagnostics  # re-exported: nf.gram_diagnostics
+from normfield.core.torch_layers import DEFAULT_LAYER_TYPES, activation_name_of  # re-exported
 from normfield.errors import NormfieldError
 
 __all__ = ["DEFAULT_LAYER_TYPES", "gram_diagnostics", "activation_name_of", "select_layers", "layer_gram_rows"]
-
-_ACT_TYPES: tuple[type, ...] = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.SELU,
-                                nn.ELU, nn.Softplus, nn.Hardtanh, nn.ReLU6, nn.Mish)
-
-#: Module types hooked by default: linear maps, convolutions, normalizations, activations.
-DEFAULT_LAYER_TYPES: tuple[type, ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
-    *_ACT_TYPES,
-)
-
-
-def activation_name_of(module: nn.Module) -> str | None:
-    """The normfield activation name of an activation module, or None if unknown."""
-    if isinstance(module, nn.LeakyReLU):
-        return f"leaky_relu:{module.negative_slope}"
-    if isinstance(module, nn.GELU):
-        return "gelu" if module.approximate == "none" else None
-    table = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.SELU: "selu"}
-    return table.get(type(module))
-
 
 def select_layers(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs to hook.

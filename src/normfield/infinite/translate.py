@@ -39,6 +39,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from normfield.core.torch_layers import ACTIVATION_MODULES, DEFAULT_LAYER_TYPES, activation_name_of
 from normfield.errors import NormfieldError
 
 __all__ = ["Translation", "TranslatedLeaf", "translate", "SUPPORTED", "parse_init"]
@@ -48,8 +49,6 @@ SUPPORTED = ("Linear, BatchNorm1d (train or eval), LayerNorm and RMSNorm over th
              "(ReLU, LeakyReLU, Tanh, GELU(approximate='none'), SiLU, Sigmoid, SELU), Flatten, Identity, "
              "Dropout with p=0 or in eval mode, and residual sums a + b")
 
-_ACT_MODULES: dict[type, str] = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid",
-                                 nn.SELU: "selu"}
 _ACT_FUNCTIONS: dict[Any, str] = {
     torch.relu: "relu", torch.nn.functional.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
     torch.nn.functional.silu: "silu", torch.nn.functional.selu: "selu", torch.selu: "selu",
@@ -224,7 +223,7 @@ class _Builder:
                 return L.LayerNorm(eps=float(m.eps), affine=aff)
             eps = m.eps if m.eps is not None else float(torch.finfo(self.x.dtype).eps)
             return L.RMSNorm(eps=float(eps), affine=aff)
-        act = _activation_name(m)
+        act = activation_name_of(m)
         if act is not None:
             return L.Activation(act)
         raise _refuse(name, m)
@@ -341,19 +340,9 @@ class _Builder:
         raise NormfieldError("model: the traced graph has no output", argument="model")  # pragma: no cover
 
 
-def _activation_name(m: nn.Module) -> str | None:
-    if isinstance(m, nn.LeakyReLU):
-        return f"leaky_relu:{m.negative_slope}"
-    if isinstance(m, nn.GELU):
-        return "gelu" if m.approximate == "none" else None
-    return _ACT_MODULES.get(type(m))
-
-
 def _hooked(m: nn.Module) -> bool:
     """Does ``nf.analyze`` hook this module type by default (linear, normalization, activation modules)."""
-    return isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.ReLU,
-                          nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.SELU, nn.ELU, nn.Softplus,
-                          nn.Hardtanh, nn.ReLU6, nn.Mish))
+    return isinstance(m, DEFAULT_LAYER_TYPES)
 
 
 def translate(model: nn.Module, inputs: torch.Tensor, *, init: Any = None) -> Translation:
@@ -397,6 +386,6 @@ def translate(model: nn.Module, inputs: torch.Tensor, *, init: Any = None) -> Tr
 
 
 _KNOWN: tuple[type, ...] = (nn.Linear, nn.BatchNorm1d, nn.LayerNorm, nn.Identity, nn.Flatten,
-                            nn.modules.dropout._DropoutNd, nn.LeakyReLU, nn.GELU, *_ACT_MODULES)
+                            nn.modules.dropout._DropoutNd, nn.LeakyReLU, nn.GELU, *ACTIVATION_MODULES)
 if hasattr(nn, "RMSNorm"):
     _KNOWN = (*_KNOWN, nn.RMSNorm)

@@ -145,7 +145,7 @@ class Residual(Layer):
         keys = node.keys()
         comps = {k: v for k, v in comps.items() if k in keys}
         step = max(s.step, b.step)
-        up = (max(s.nngp_error, b.nngp_error), max(s.ntk_error, b.ntk_error))
+        up = tuple(max(u, v) for u, v in zip(s.relative_errors, b.relative_errors))
         mom = evaluate(node, comps, seed=derive_seed(state.seed, step + 1), tol=state.tol, upstream=up)
         out = KernelState(state.T, wb, comps, node, mom, state.seed, state.tol, step + 1)
         if trace is not None:

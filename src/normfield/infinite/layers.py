@@ -83,7 +83,7 @@ def _with_op(state: KernelState, op: UnitOp) -> KernelState:
     """Append a per-unit operation to the state's expression and compute the new moments."""
     node = OpNode(op, state.expr)
     mom = evaluate(node, state.components, seed=derive_seed(state.seed, state.step + 1), tol=state.tol,
-                   upstream=(state.nngp_error, state.ntk_error))
+                   upstream=state.relative_errors)
     return state.derive(width=state.width, components=state.components, expr=node, moments=mom)
 
 

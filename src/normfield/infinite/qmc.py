@@ -15,8 +15,9 @@ would add the variance of ``u``), and each per-unit parameter is one more tangen
 **Error.** The ``R`` replicates are independent, unbiased estimates; the stated
 error is ``3‖SE‖_F`` (standard error over replicates, the larger of nngp and
 ntk). Points per replicate double from :data:`START_POINTS` until the stated error
-is at most ``tol`` or at most 1.5 times the error the inputs already carry (more
-points cannot remove that), for nngp and ntk each, or :data:`MAX_POINTS` is reached. Measured: over 8
+is at most ``tol`` or, relative to the kernel's norm, at most :data:`UPSTREAM_FACTOR` times
+the relative error the inputs already carry (more points cannot remove that), for nngp and
+ntk each, or :data:`MAX_POINTS` is reached. Measured: over 8
 seeds each for tanh and erf after a Dense layer (T = 4, 16 replicates),
 ``‖actual‖_F/‖SE‖_F`` stayed below 1.6, against the factor 3 stated (with 8
 replicates it reached 3.0 once: the stopping rule favours rounds whose spread
@@ -40,8 +41,12 @@ from normfield.errors import NormfieldError
 from normfield.infinite.ops import BNTrainOp, UnitOp
 from normfield.infinite.state import Component, Leaf, Moments, OpNode
 
-__all__ = ["general_route", "START_POINTS", "MAX_POINTS"]
+__all__ = ["general_route", "START_POINTS", "MAX_POINTS", "UPSTREAM_FACTOR"]
 
+#: a step stops once its relative stated error is within this factor of its input's (its own
+#: noise is then at most √(1.2² − 1) ≈ 0.66 of what it inherits, so a chain's error grows by
+#: propagation rather than by each step's sampling)
+UPSTREAM_FACTOR = 1.2
 #: quasi-Monte Carlo points per replicate of the first round
 START_POINTS = 2**10
 #: cap on the points per replicate
@@ -164,7 +169,9 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
         node: expression; comps: its components.
         seed: base seed; replicate ``r`` scrambles with ``derive_seed(seed, r)``.
         tol: target stated error ``3‖SE‖_F``.
-        upstream: stated errors (nngp, ntk) of the inputs (each stops once within 1.5 times its own).
+        upstream: stated errors (nngp, ntk) of the inputs relative to their Frobenius norms (each stops
+            once its own relative error is within :data:`UPSTREAM_FACTOR` times the input's: more
+            points cannot remove the error the inputs carry).
         start, cap: points per replicate of the first round and the cap (powers of 2).
 
     Returns:
@@ -274,8 +281,11 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
         torch.set_num_threads(threads)
 
 
-def _rounds(block, engines, comps, emp, exact, R, start, cap, sums, qerr, tol, upstream, chunk) -> Moments:
-    """The doubling rounds of :func:`general_route`."""
+def _rounds(block, engines, comps, emp, exact, R, start, cap, sums, qerr, tol, upstream, chunk,
+            offset: Moments | None = None) -> Moments:
+    """The doubling rounds of :func:`general_route` and of
+    :func:`normfield.infinite.qmc_bn.bn_activation_route` (``offset``: exact moments added to the
+    estimate, those of a control variate whose difference ``block`` accumulates)."""
     count, n = 0, start
     while True:
         for r in range(R):
@@ -291,11 +301,17 @@ def _rounds(block, engines, comps, emp, exact, R, start, cap, sums, qerr, tol, u
         est = sums / count
         K = 0.5 * (est[:, 0] + est[:, 0].transpose(0, 2, 1))
         N = 0.5 * (est[:, 1] + est[:, 1].transpose(0, 2, 1))
-        mom = Moments(K, est[:, 2, 0].copy(), N, qerr, 0 if exact else count)
+        mean = est[:, 2, 0].copy()
+        if offset is not None:
+            K, mean, N = K + offset.nngp, mean + offset.mean, N + offset.ntk
+        qtot = qerr if offset is None else max(qerr, offset.qerr)  # the control's quadrature error too
+        mom = Moments(K, mean, N, qtot, 0 if exact else count)
         if exact:
             return mom
-        eK, eN = 3.0 * _se(K) + qerr, 3.0 * _se(N) + qerr
-        if (eK <= max(tol, 1.5 * upstream[0]) and eN <= max(tol, 1.5 * upstream[1])) or 2 * count > cap:
+        eK, eN = 3.0 * _se(K) + qtot, 3.0 * _se(N) + qtot
+        fK = UPSTREAM_FACTOR * upstream[0] * float(np.linalg.norm(K.mean(axis=0)))
+        fN = UPSTREAM_FACTOR * upstream[1] * float(np.linalg.norm(N.mean(axis=0)))
+        if (eK <= max(tol, fK) and eN <= max(tol, fN)) or 2 * count > cap:
             return mom
         n = 2 * count
 

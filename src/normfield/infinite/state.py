@@ -229,6 +229,14 @@ class KernelState:
         return 3.0 * _se_frobenius(self.moments.ntk) + self.moments.qerr
 
     @property
+    def relative_errors(self) -> tuple[float, float]:
+        """``(nngp_error/‖nngp‖_F, ntk_error/‖ntk‖_F)`` (0 for a zero kernel with zero error)."""
+        def rel(e: float, a: np.ndarray) -> float:
+            n = float(np.linalg.norm(a))
+            return e / n if n > 0 else (0.0 if e == 0 else math.inf)
+        return rel(self.nngp_error, self.nngp), rel(self.ntk_error, self.ntk)
+
+    @property
     def replicates(self) -> int:
         return int(self.moments.nngp.shape[0])
 

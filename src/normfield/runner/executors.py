@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
+from normfield.core.threads import blas_controller
 from normfield.errors import NormfieldError
 
 __all__ = ["EXECUTORS", "prepare_executor", "open_executors", "shutdown_executors", "default_executor",
@@ -65,23 +66,6 @@ def default_executor(name: str, *, flags: bool = False) -> Iterator[None]:
 
 
 # -- cell execution (also runs inside pool processes and Dask workers) --------
-_CONTROLLER: list = [None, -1]  # threadpoolctl controller, len(sys.modules) when it was built
-
-
-def _blas_controller() -> Any:
-    """A cached threadpoolctl controller, rebuilt when new modules (maybe new BLAS) were imported."""
-    import sys
-
-    if _CONTROLLER[1] != len(sys.modules):
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - optional
-            _CONTROLLER[:] = [None, len(sys.modules)]
-        else:
-            _CONTROLLER[:] = [ThreadpoolController(), len(sys.modules)]
-    return _CONTROLLER[0]
-
-
 @contextlib.contextmanager
 def _thread_limit(threads: int) -> Iterator[None]:
     """Pin torch intra-op and BLAS threads for one cell, then restore (0: leave as is).
@@ -96,7 +80,7 @@ def _thread_limit(threads: int) -> Iterator[None]:
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    ctl = _blas_controller()
+    ctl = blas_controller()
     try:
         if ctl is None:  # pragma: no cover
             yield
@@ -134,7 +118,7 @@ def _pin_worker(threads: int) -> None:
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    ctl = _blas_controller()
+    ctl = blas_controller()
     if ctl is not None:
         ctl.limit(limits=threads)  # applied now; not restored
 

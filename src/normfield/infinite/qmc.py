@@ -160,6 +160,79 @@ class _Sampler:
         return rho[:, None] * (theta @ self.Ls.T), w
 
 
+def _draw(samplers_r: Mapping[int, _Sampler], gauss: list[int], emp: list[int], comps: Mapping[int, Component],
+          qb: torch.Tensor | None, eb: tuple[int, torch.Tensor] | None, nb: int):
+    """One block's draws: ``(vals, eidx, w, col)``, the values per leaf (N, T), the drawn input
+    coordinates per empirical leaf, the importance weights (N,) and the next free column of ``qb``.
+    With ``qb`` None the block is the exact average over the input's coordinates ``eb``."""
+    eidx: dict[int, torch.Tensor] = {}
+    vals = {}
+    w = torch.ones(nb, dtype=torch.float64)
+    col = 0
+    for k in gauss:
+        smp = samplers_r[k]
+        vals[k], wk = smp.draw(qb[:, col:col + smp.dim])
+        if wk is not None:
+            w = w * wk
+        col += smp.dim
+    for k in emp:
+        if qb is None:
+            vals[k] = eb[1]
+            eidx[k] = torch.arange(eb[0], eb[0] + nb)
+        else:
+            data = torch.as_tensor(comps[k].samples)
+            idx = (qb[:, col] * data.shape[0]).long().clamp_(0, data.shape[0] - 1)
+            vals[k] = data[idx]
+            eidx[k] = idx
+            col += 1
+    return vals, eidx, w, col
+
+
+def _table_rows(ops: list[UnitOp], rows: dict[int, Any], eidx: Mapping[int, torch.Tensor],
+                qb: torch.Tensor | None, col: int, nb: int) -> None:
+    """Fill ``rows`` with each tabled operation's coefficient row per point: the input coordinate's own
+    row where the units are the input's coordinates, the one row of a scalar table, else a drawn row."""
+    rows.clear()
+    for op in ops:
+        if op.table is None:
+            continue
+        tab = torch.as_tensor(op.table)
+        if getattr(op, "paired", None) is not None:  # unit j of the input carries row j
+            rows[id(op)] = tab[eidx[op.paired]]
+        elif op.table.shape[0] == 1:
+            rows[id(op)] = tab.expand(nb, -1)
+        else:
+            idx = (qb[:, col] * tab.shape[0]).long().clamp_(0, tab.shape[0] - 1)
+            rows[id(op)] = tab[idx]
+            col += 1
+
+
+def _tangents(vals: Mapping[int, torch.Tensor], th: Mapping[int, torch.Tensor], samplers_r: Mapping[int, _Sampler],
+              pops: list[UnitOp], T: int, nb: int):
+    """The tangents of one block, stacked over P: the columns of each component's ``L^Θ``, then one
+    unit vector per per-unit parameter, as ``(value tangents, parameter tangents)``; None if P = 0."""
+    tv: dict[int, list] = {k: [] for k in vals}
+    tt: dict[int, list] = {k: [] for k in th}
+    for k in vals:
+        cols = samplers_r[k].Lt.T if k in samplers_r else torch.zeros((0, T), dtype=torch.float64)
+        for j in range(cols.shape[0]):
+            for k2 in vals:
+                tv[k2].append(cols[j].expand(nb, T) if k2 == k else torch.zeros((nb, T), dtype=torch.float64))
+            for k2, v in th.items():
+                tt[k2].append(torch.zeros_like(v))
+    for op in pops:
+        for p in range(op.n_params):
+            e = torch.zeros_like(th[id(op)])
+            e[:, p] = 1.0
+            for k2 in vals:
+                tv[k2].append(torch.zeros((nb, T), dtype=torch.float64))
+            for k2, v in th.items():
+                tt[k2].append(e if k2 == id(op) else torch.zeros_like(v))
+    if not len(next(iter(tv.values()))):
+        return None
+    return {k: torch.stack(v) for k, v in tv.items()}, {k: torch.stack(v) for k, v in tt.items()}
+
+
 def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float,
                   upstream: tuple[float, float] = (0.0, 0.0), start: int | None = None,
                   cap: int | None = None) -> Moments:
@@ -208,67 +281,16 @@ def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float
     def block(r: int, qb: torch.Tensor | None, eb: tuple[int, torch.Tensor] | None) -> None:
         f, rows = funcs[r]
         nb = eb[1].shape[0] if qb is None else qb.shape[0]
-        eidx: dict[int, torch.Tensor] = {}
-        vals = {}
-        w = torch.ones(nb, dtype=torch.float64)
-        col = 0
-        for k in gauss:
-            smp = samplers[r][k]
-            vals[k], wk = smp.draw(qb[:, col:col + smp.dim])
-            if wk is not None:
-                w = w * wk
-            col += smp.dim
-        for k in emp:
-            if qb is None:
-                vals[k] = eb[1]
-                eidx[k] = torch.arange(eb[0], eb[0] + nb)
-            else:
-                data = torch.as_tensor(comps[k].samples)
-                idx = (qb[:, col] * data.shape[0]).long().clamp_(0, data.shape[0] - 1)
-                vals[k] = data[idx]
-                eidx[k] = idx
-                col += 1
-        rows.clear()
-        for op in ops:
-            if op.table is None:
-                continue
-            tab = torch.as_tensor(op.table)
-            if getattr(op, "paired", None) is not None:  # unit j of the input carries row j
-                rows[id(op)] = tab[eidx[op.paired]]
-            elif op.table.shape[0] == 1:
-                rows[id(op)] = tab.expand(nb, -1)
-            else:
-                idx = (qb[:, col] * tab.shape[0]).long().clamp_(0, tab.shape[0] - 1)
-                rows[id(op)] = tab[idx]
-                col += 1
+        vals, eidx, w, col = _draw(samplers[r], gauss, emp, comps, qb, eb, nb)
+        _table_rows(ops, rows, eidx, qb, col, nb)
         th = {id(op): op.theta0(rows.get(id(op)), nb) for op in ops}
-        # tangents: the columns of each component's L^Θ, then one unit vector per per-unit parameter
-        tv = {k: [] for k in vals}
-        tt = {k: [] for k in th}
-        for k in vals:
-            cols = samplers[r][k].Lt.T if k in samplers[r] else torch.zeros((0, T), dtype=torch.float64)
-            for j in range(cols.shape[0]):
-                for k2 in vals:
-                    tv[k2].append(cols[j].expand(nb, T) if k2 == k else torch.zeros((nb, T), dtype=torch.float64))
-                for k2, v in th.items():
-                    tt[k2].append(torch.zeros_like(v))
-        for op in pops:
-            for p in range(op.n_params):
-                e = torch.zeros_like(th[id(op)])
-                e[:, p] = 1.0
-                for k2 in vals:
-                    tv[k2].append(torch.zeros((nb, T), dtype=torch.float64))
-                for k2, v in th.items():
-                    tt[k2].append(e if k2 == id(op) else torch.zeros_like(v))
         y = f(vals, th)
         wy = w[:, None] * y
         sums[r, 0] += (wy.T @ y).numpy()
         sums[r, 2, 0] += wy.sum(0).numpy()
-        ntan = len(next(iter(tv.values())))
-        if ntan:
-            stv = {k: torch.stack(v) for k, v in tv.items()}
-            stt = {k: torch.stack(v) for k, v in tt.items()}
-            Jt = vmap(lambda a, b: jvp(f, (vals, th), (a, b))[1])(stv, stt)  # (P, N, T)
+        tan = _tangents(vals, th, samplers[r], pops, T, nb)
+        if tan is not None:
+            Jt = vmap(lambda a, b: jvp(f, (vals, th), (a, b))[1])(*tan)  # (P, N, T)
             sums[r, 1] += torch.einsum("pnt,pns,n->ts", Jt, Jt, w).numpy()
 
     ntan = sum(samplers[0][k].Lt.shape[1] for k in gauss) + sum(op.n_params for op in pops)

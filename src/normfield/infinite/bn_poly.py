@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from normfield.core.activations import Activation
+from normfield.errors import NormfieldError
 from normfield.gram.meanfield import _center
 from normfield.infinite.bn_exact import _MAX_LEVEL, _level_nodes
 
@@ -241,6 +242,9 @@ def bn_polynomial(Sigma: Any, Theta: Any, coef: Any, *, eps: float = 1e-5, ntk: 
         dict with ``K`` (T, T), ``mean`` (T,), and with ``ntk``: ``JTJ``, ``Gg`` (``E[(p'(z)z)(p'(z)z)ᵀ]``),
         ``Gb`` (``E[p'(z)p'(z)ᵀ]``), all (T, T); ``error`` (stated absolute error, max over entries)
         and ``nodes``.
+
+    Raises:
+        NormfieldError: ``MΣM = 0`` (every sample equal: nothing for batch norm to normalise).
     """
     Sigma = np.asarray(Sigma, dtype=np.float64)
     T = Sigma.shape[0]
@@ -251,6 +255,9 @@ def bn_polynomial(Sigma: Any, Theta: Any, coef: Any, *, eps: float = 1e-5, ntk: 
     top = max(float(lam[-1]), 0.0)
     lam = np.where(lam > 1e-13 * top, lam, 0.0)
     rank = int(np.count_nonzero(lam))
+    if rank == 0:
+        raise NormfieldError("Sigma has no variance orthogonal to the all-ones vector (all samples equal): "
+                             "batch norm divides by its ε alone", argument="Sigma")
     A = _center(np.asarray(Theta, dtype=np.float64)) if ntk else np.zeros((T, T))
     At = U.T @ A @ U
     At = 0.5 * (At + At.T)

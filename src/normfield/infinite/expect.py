@@ -59,6 +59,7 @@ import numpy as np
 from normfield.core.activations import Activation, get_activation
 from normfield.core.kernels import derivative_kernel, kernel, mean_activation
 from normfield.core.threads import blas_threads
+from normfield.errors import NormfieldError
 from normfield.infinite.ops import ActOp, AffineOp, BNTrainOp
 from normfield.infinite.qmc import general_route
 from normfield.infinite.qmc_bn import bn_activation_route
@@ -251,6 +252,9 @@ def polynomial_control(act: Activation, bn: BNTrainOp, comp: Component) -> tuple
         ntk = out["JTJ"] + (out["Gg"] + out["Gb"] if bn.affine else 0.0)
         return out["K"], out["mean"], ntk, float(out["error"]) * comp.cov.shape[1]
 
-    parts = _per_replicate(one, comp)
+    try:
+        parts = _per_replicate(one, comp)
+    except NormfieldError:  # every sample equal: batch norm's output is constant, nothing to control
+        return None
     return coef, Moments(np.array([p[0] for p in parts]), np.array([p[1] for p in parts]),
                          np.array([p[2] for p in parts]), comp.qerr + max(p[3] for p in parts))

@@ -233,111 +233,135 @@ class _Builder:
         return layer
 
     # -- the graph ---------------------------------------------------------------------------
+    # Each value of the traced graph is written as (anchor, layers): the layers that take the value
+    # at ``anchor`` (the input, or a fan-out point read more than once) to it. A residual sum walks both
+    # sides back to their nearest shared anchor and becomes one Residual layer from there.
     def build(self) -> tuple[Any, ...]:
-        L = self.L
         graph = self.gm.graph
-        users = {n: len(n.users) for n in graph.nodes}
-        val: dict[Any, tuple[Any, list]] = {}   # node -> (anchor node, layers from anchor)
-        defs: dict[Any, tuple[Any, list]] = {}  # anchor node -> (its anchor, layers) ; input: (None, [])
-        placeholder = None
-        order = {n: i for i, n in enumerate(graph.nodes)}
-
-        def shape(n) -> tuple[int, ...]:
-            meta = n.meta.get("tensor_meta")
-            if meta is None or not hasattr(meta, "shape"):
-                raise NormfieldError(f"model: the value {n.name} is not one tensor; only single-tensor models "
-                                     "are supported", argument="model")
-            return tuple(meta.shape)
-
-        def settle(n, anchor, path):
-            if users[n] > 1:  # a fan-out point: later values are written from it
-                defs[n] = (anchor, path)
-                val[n] = (n, [])
-            else:
-                val[n] = (anchor, path)
-
-        def lift(anchor):
-            a, p = defs[anchor]
-            return a, list(p)
-
+        self.users = {n: len(n.users) for n in graph.nodes}
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.val: dict[Any, tuple[Any, list]] = {}   # node -> (anchor node, layers from anchor)
+        self.defs: dict[Any, tuple[Any, list]] = {}  # anchor node -> (its anchor, layers); input: (None, [])
+        self.placeholder = None
         for n in graph.nodes:
-            if n.op == "placeholder":
-                if placeholder is not None:
-                    raise NormfieldError("model: forward takes more than one input; nf.predict supports one "
-                                         "(T, d) tensor", argument="model")
-                placeholder = n
-                defs[n] = (None, [])
-                val[n] = (n, [])
-                continue
-            if n.op == "get_attr":
-                raise NormfieldError(f"model: {n.target} is read as a tensor inside forward; nf.predict supports "
-                                     f"modules and residual sums only ({SUPPORTED})", argument="model")
             if n.op == "output":
-                out = n.args[0]
-                if not isinstance(out, torch.fx.Node):
-                    raise NormfieldError("model: the output is not one tensor", argument="model")
-                anchor, path = val[out]
-                result = list(path)
-                while anchor is not None and anchor is not placeholder:
-                    anchor, p = lift(anchor)
-                    result = p + result
-                if len(shape(out)) != 2:
-                    raise NormfieldError(f"model: the output has shape {shape(out)}, not (T, C)", argument="model")
-                return tuple(result), shape(out)[1]
-            args = [a for a in n.args if isinstance(a, torch.fx.Node)]
-            if n.op == "call_module":
-                m = self.gm.get_submodule(n.target)
-                src = args[0]
-                lay = self.module_layer(str(n.target), m, shape(src), src is placeholder)
-                anchor, path = val[src]
-                settle(n, anchor, path + ([self.leaf(str(n.target), type(m).__name__, lay, _hooked(m))]
-                                          if lay is not None else []))
-                continue
-            fn = n.target
-            if (n.op == "call_function" and fn in _ADDS) or (n.op == "call_method" and fn in ("add", "add_")):
-                if len(args) != 2 or len(n.args) != 2 or n.kwargs:
-                    raise NormfieldError(f"model: {n.name} ({n.format_node()}) adds a constant or scales a term; "
-                                         "only sums a + b of two values are supported", argument="model")
-                if shape(args[0]) != shape(args[1]) or len(shape(n)) != 2:
-                    raise NormfieldError(f"model: {n.name} adds values of shapes {shape(args[0])} and "
-                                         f"{shape(args[1])}; residual sums of (T, d) features only", argument="model")
-                (a0, p0), (a1, p1) = val[args[0]], val[args[1]]
-                while a0 is not a1:  # write both sides from the nearest shared value
-                    if order[a0] > order[a1]:
-                        a, p = lift(a0)
-                        a0, p0 = a, p + p0
-                    else:
-                        a, p = lift(a1)
-                        a1, p1 = a, p + p1
-                short, branch = (p0, p1) if len(p0) <= len(p1) else (p1, p0)
-                res = L.Residual(L.Serial(*branch), None if not short else L.Serial(*short))
-                settle(n, a0, [res])
-                continue
-            act = None
-            if n.op == "call_function" and fn in _ACT_FUNCTIONS:
-                act = _ACT_FUNCTIONS[fn]
-                if act == "gelu" and n.kwargs.get("approximate", "none") != "none":
-                    act = None
-            elif n.op == "call_method" and fn in _ACT_METHODS:
-                act = _ACT_METHODS[fn]
-            if act is not None and len(args) == 1 and len(n.args) == 1:
-                if len(shape(args[0])) != 2:
-                    raise _refuse(n.name, act, f" on an input of shape {shape(args[0])}")
-                anchor, path = val[args[0]]
-                settle(n, anchor, path + [self.leaf(n.name, act, L.Activation(act), False)])
-                continue
-            reshape = (n.op == "call_function" and fn in _RESHAPES_F) or (n.op == "call_method" and fn in _RESHAPES_M)
-            if reshape and args:
-                s_in, s_out = shape(args[0]), shape(n)
-                if s_in == s_out or (args[0] is placeholder and len(s_out) == 2 and s_out[0] == s_in[0]):
-                    if s_in != s_out:
-                        self.flatten_input = True
-                    anchor, path = val[args[0]]
-                    settle(n, anchor, path)
-                    continue
+                return self._output(n)
+            self._node(n)
+        raise NormfieldError("model: the traced graph has no output", argument="model")  # pragma: no cover
+
+    def _node(self, n) -> None:
+        """Write the value of one graph node (anything but the output), or refuse it."""
+        if n.op == "placeholder":
+            if self.placeholder is not None:
+                raise NormfieldError("model: forward takes more than one input; nf.predict supports one "
+                                     "(T, d) tensor", argument="model")
+            self.placeholder = n
+            self.defs[n] = (None, [])
+            self.val[n] = (n, [])
+            return
+        if n.op == "get_attr":
+            raise NormfieldError(f"model: {n.target} is read as a tensor inside forward; nf.predict supports "
+                                 f"modules and residual sums only ({SUPPORTED})", argument="model")
+        args = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        if n.op == "call_module":
+            m = self.gm.get_submodule(n.target)
+            src = args[0]
+            lay = self.module_layer(str(n.target), m, _shape(src), src is self.placeholder)
+            anchor, path = self.val[src]
+            self._settle(n, anchor, path + ([self.leaf(str(n.target), type(m).__name__, lay, _hooked(m))]
+                                            if lay is not None else []))
+            return
+        fn = n.target
+        if (n.op == "call_function" and fn in _ADDS) or (n.op == "call_method" and fn in ("add", "add_")):
+            self._add(n, args)
+        elif not (self._activation(n, args) or self._reshape(n, args)):
             what = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
             raise _refuse(n.name, f"{n.op} {what}")
-        raise NormfieldError("model: the traced graph has no output", argument="model")  # pragma: no cover
+
+    def _settle(self, n, anchor, path) -> None:
+        if self.users[n] > 1:  # a fan-out point: later values are written from it
+            self.defs[n] = (anchor, path)
+            self.val[n] = (n, [])
+        else:
+            self.val[n] = (anchor, path)
+
+    def _lift(self, anchor) -> tuple[Any, list]:
+        a, p = self.defs[anchor]
+        return a, list(p)
+
+    def _output(self, n) -> tuple[Any, ...]:
+        out = n.args[0]
+        if not isinstance(out, torch.fx.Node):
+            raise NormfieldError("model: the output is not one tensor", argument="model")
+        anchor, path = self.val[out]
+        result = list(path)
+        while anchor is not None and anchor is not self.placeholder:
+            anchor, p = self._lift(anchor)
+            result = p + result
+        if len(_shape(out)) != 2:
+            raise NormfieldError(f"model: the output has shape {_shape(out)}, not (T, C)", argument="model")
+        return tuple(result), _shape(out)[1]
+
+    def _add(self, n, args) -> None:
+        """A residual sum a + b: both sides written from their nearest shared value."""
+        if len(args) != 2 or len(n.args) != 2 or n.kwargs:
+            raise NormfieldError(f"model: {n.name} ({n.format_node()}) adds a constant or scales a term; "
+                                 "only sums a + b of two values are supported", argument="model")
+        if _shape(args[0]) != _shape(args[1]) or len(_shape(n)) != 2:
+            raise NormfieldError(f"model: {n.name} adds values of shapes {_shape(args[0])} and "
+                                 f"{_shape(args[1])}; residual sums of (T, d) features only", argument="model")
+        (a0, p0), (a1, p1) = self.val[args[0]], self.val[args[1]]
+        while a0 is not a1:
+            if self.order[a0] > self.order[a1]:
+                a, p = self._lift(a0)
+                a0, p0 = a, p + p0
+            else:
+                a, p = self._lift(a1)
+                a1, p1 = a, p + p1
+        short, branch = (p0, p1) if len(p0) <= len(p1) else (p1, p0)
+        L = self.L
+        self._settle(n, a0, [L.Residual(L.Serial(*branch), None if not short else L.Serial(*short))])
+
+    def _activation(self, n, args) -> bool:
+        """An activation called as a function or a tensor method; False if ``n`` is none."""
+        fn, act = n.target, None
+        if n.op == "call_function" and fn in _ACT_FUNCTIONS:
+            act = _ACT_FUNCTIONS[fn]
+            if act == "gelu" and n.kwargs.get("approximate", "none") != "none":
+                act = None
+        elif n.op == "call_method" and fn in _ACT_METHODS:
+            act = _ACT_METHODS[fn]
+        if act is None or len(args) != 1 or len(n.args) != 1:
+            return False
+        if len(_shape(args[0])) != 2:
+            raise _refuse(n.name, act, f" on an input of shape {_shape(args[0])}")
+        anchor, path = self.val[args[0]]
+        self._settle(n, anchor, path + [self.leaf(n.name, act, self.L.Activation(act), False)])
+        return True
+
+    def _reshape(self, n, args) -> bool:
+        """A reshape that changes nothing, or flattens the input to (T, d); False otherwise."""
+        fn = n.target
+        reshape = (n.op == "call_function" and fn in _RESHAPES_F) or (n.op == "call_method" and fn in _RESHAPES_M)
+        if not (reshape and args):
+            return False
+        s_in, s_out = _shape(args[0]), _shape(n)
+        if not (s_in == s_out or (args[0] is self.placeholder and len(s_out) == 2 and s_out[0] == s_in[0])):
+            return False
+        if s_in != s_out:
+            self.flatten_input = True
+        anchor, path = self.val[args[0]]
+        self._settle(n, anchor, path)
+        return True
+
+
+def _shape(n) -> tuple[int, ...]:
+    """The shape of a traced value (refused when it is not one tensor)."""
+    meta = n.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise NormfieldError(f"model: the value {n.name} is not one tensor; only single-tensor models "
+                             "are supported", argument="model")
+    return tuple(meta.shape)
 
 
 def _hooked(m: nn.Module) -> bool:

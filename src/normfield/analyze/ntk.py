@@ -301,8 +301,8 @@ def dual_spectra(
         probes = check_int("probes", probes, minimum=2)
     if not (trace_rtol > 0 and math.isfinite(trace_rtol)):
         raise NormfieldError(f"trace_rtol must be a positive number, got {trace_rtol!r}", argument="trace_rtol")
-    op, T, C = cop.jacobian, cop.T, cop.rows
-    n, P = op.n, cop.parameters
+    op = cop.jacobian
+    n = op.n
     k, kv = min(k, n), min(kv, n)
     tol = default_tol(op.out.dtype) if tol is None else float(tol)
     if method == "auto":
@@ -315,84 +315,115 @@ def dual_spectra(
     if own:
         meter = ProductMeter(parse_budget(budget), progress=progress)
         meter.bind(op)
-    mean_cost = {"products": 0, "during": ""}
+    run = _LanczosSpectra(cop, meter, want, tol=tol, seed=seed, max_steps=max_steps, trace=trace, probes=probes,
+                          trace_rtol=trace_rtol, chunk=chunk)
     try:
         results: dict[str, FisherSpectrum] = {}
-        main_trace: tuple[float, float, bool] | None = None  # (value, stderr, exact) of the uncentred F*
-        mean_blk: list[np.ndarray] = []  # UᵀF*U, once (C VJPs)
-        main_lz: krylov.LanczosResult | None = None  # the run on the uncentred F*: warm-starts the variants
-
-        def mean_of_f() -> float:
-            """Σ_k u_kᵀ F* u_k = Σ_k ‖Jᵀu_k‖²/T = tr F* − tr F̄* (C VJPs, the first time only)."""
-            if not mean_blk:
-                before = op.products
-                mean_blk.append(_mean_block(op, T, C))
-                mean_cost.update(products=op.products - before, during=current[0])
-            return float(np.trace(mean_blk[0]))
-
-        current = [""]
         for name, cen in want.items():
-            start = op.products
-            current[0] = name
-
-            def mv(v: np.ndarray, cen=cen) -> np.ndarray:
-                vt = torch.as_tensor(v, dtype=op.out.dtype, device=op.out.device)
-                r = op.gram(center_outputs(vt, T) if cen else vt)
-                return (center_outputs(r, T) if cen else r).double().cpu().numpy()
-
-            kk = k if name == "main" else kv
-            v0 = center_outputs(np.random.default_rng(seed).standard_normal(n), T) if cen else None
-            if cen and main_lz is not None and not meter.stop():
-                # Rayleigh–Ritz of Π F* Π on the main run's projected Krylov space: a start vector for free
-                mean_of_f()
-                warm = warm_start(main_lz, mean_blk[0], T, C, kk, seed)
-                v0 = v0 if warm is None else warm
-            lz = krylov.lanczos(mv, n, kk, tol=tol, seed=seed, max_steps=max_steps, stop=meter.stop, v0=v0)
-            if not cen:
-                main_lz = lz
-            if name == "main":
-                cop.last = lz
-            how = trace if trace != "auto" else ("exact" if n <= 2 * lz.products else "hutchinson")
-            if meter.exhausted and how == "exact":
-                how = "hutchinson"
-            if how == "exact":
-                if main_trace is None or not main_trace[2]:
-                    main_trace = (_exact_trace(op, chunk), 0.0, True)
-                tr, se = main_trace[0], 0.0
-                if cen:
-                    tr -= mean_of_f()
-                how = "exact trace"
-            else:
-                offset = 0.0
-                if not cen and probes is None and any(want[v] for v in variants) and not meter.exhausted:
-                    # tr F̄* = tr F* − (C VJPs): aim the main estimate's standard error at rtol·tr F̄*
-                    offset = mean_of_f()
-                tr, se, how = _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter,
-                                                main_trace, mean_of_f, offset)
-                if not cen:
-                    main_trace = (tr, se, se == 0.0)
-            dn = dw = None
+            results[name] = run.spectrum(name, cen, k if name == "main" else kv)
             if density:
-                dn, dw, _ = krylov.slq(mv, n, probes=check_int("density_probes", density_probes, minimum=1),
-                                       steps=check_int("density_steps", density_steps, minimum=2),
-                                       seed=seed + 2, stop=meter.stop)
-            results[name] = FisherSpectrum(
-                lambda_max=float(lz.eigenvalues[0]), m_lambda=tr / P, trace=tr, trace_stderr=se, parameters=P,
-                samples=T, outputs=C, eigenvalues=np.asarray(lz.eigenvalues[:kk], dtype=float),
-                method=f"lanczos, {how}", products=op.products - start, density_nodes=dn, density_weights=dw,
-                eigenvalue_errors=lz.errors.copy(), converged=lz.converged and not meter.exhausted,
-                route=op.route, stopped=lz.stopped, curvature=cop.curvature)
+                results[name].density_nodes, results[name].density_weights, _ = krylov.slq(
+                    run.matvec(cen), n, probes=check_int("density_probes", density_probes, minimum=1),
+                    steps=check_int("density_steps", density_steps, minimum=2), seed=seed + 2, stop=meter.stop)
+                results[name].products = op.products - run.start
     finally:
         if own:
             meter.close()
-    if "last-mean" in results and mean_cost["products"]:
+    cost = run.mean_cost
+    if "last-mean" in results and cost["products"]:
         # UᵀF*U serves the variant (its warm start, its trace): count it there, wherever it ran
-        if mean_cost["during"] == "main":
-            results["main"].products -= mean_cost["products"]
-            results["last-mean"].products += mean_cost["products"]
-        results["last-mean"].note = (f"includes the {mean_cost['products']} VJPs of the mean part UᵀF*U; starts "
+        if cost["during"] == "main":
+            results["main"].products -= cost["products"]
+            results["last-mean"].products += cost["products"]
+        results["last-mean"].note = (f"includes the {cost['products']} VJPs of the mean part UᵀF*U; starts "
                                      "from the Rayleigh–Ritz vector of Π F* Π on the main run's Krylov space")
     return results.pop("main"), results
+
+
+class _LanczosSpectra:
+    """The Lanczos route of :func:`dual_spectra`, one spectrum at a time, sharing across them the
+    uncentred run (it warm-starts the centred variant), the trace of F* and the mean part UᵀF*U
+    (C VJPs, computed once, its cost noted with the spectrum it ran for)."""
+
+    def __init__(self, cop: CurvatureOperator, meter: ProductMeter, want: dict[str, bool], *, tol: float, seed: int,
+                 max_steps: int | None, trace: str, probes: int | None, trace_rtol: float, chunk: int | None) -> None:
+        self.cop, self.op, self.meter, self.want = cop, cop.jacobian, meter, want
+        self.T, self.C, self.n = cop.T, cop.rows, cop.jacobian.n
+        self.tol, self.seed, self.max_steps = tol, seed, max_steps
+        self.trace, self.probes, self.trace_rtol, self.chunk = trace, probes, trace_rtol, chunk
+        self.main_trace: tuple[float, float, bool] | None = None  # (value, stderr, exact) of the uncentred F*
+        self.mean_blk: np.ndarray | None = None  # UᵀF*U
+        self.main_lz: krylov.LanczosResult | None = None  # the run on the uncentred F*
+        self.mean_cost = {"products": 0, "during": ""}
+        self.current = ""
+        self.start = 0
+
+    def mean_of_f(self) -> float:
+        """Σ_k u_kᵀ F* u_k = Σ_k ‖Jᵀu_k‖²/T = tr F* − tr F̄* (C VJPs, the first time only)."""
+        if self.mean_blk is None:
+            before = self.op.products
+            self.mean_blk = _mean_block(self.op, self.T, self.C)
+            self.mean_cost.update(products=self.op.products - before, during=self.current)
+        return float(np.trace(self.mean_blk))
+
+    def matvec(self, cen: bool):
+        """v ↦ F* v, or Π F* Π v for the centred spectrum, on float64 NumPy vectors."""
+        op, T = self.op, self.T
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            vt = torch.as_tensor(v, dtype=op.out.dtype, device=op.out.device)
+            r = op.gram(center_outputs(vt, T) if cen else vt)
+            return (center_outputs(r, T) if cen else r).double().cpu().numpy()
+
+        return mv
+
+    def spectrum(self, name: str, cen: bool, kk: int) -> FisherSpectrum:
+        """The top ``kk`` eigenvalues and the trace of F* (``cen``: of Π F* Π)."""
+        op, meter, n, T = self.op, self.meter, self.n, self.T
+        self.start, self.current = op.products, name
+        v0 = center_outputs(np.random.default_rng(self.seed).standard_normal(n), T) if cen else None
+        if cen and self.main_lz is not None and not meter.stop():
+            # Rayleigh–Ritz of Π F* Π on the main run's projected Krylov space: a start vector for free
+            self.mean_of_f()
+            warm = warm_start(self.main_lz, self.mean_blk, T, self.C, kk, self.seed)
+            v0 = v0 if warm is None else warm
+        lz = krylov.lanczos(self.matvec(cen), n, kk, tol=self.tol, seed=self.seed, max_steps=self.max_steps,
+                            stop=meter.stop, v0=v0)
+        if not cen:
+            self.main_lz = lz
+        if name == "main":
+            self.cop.last = lz
+        tr, se, how = self.trace_of(lz, cen)
+        P = self.cop.parameters
+        return FisherSpectrum(
+            lambda_max=float(lz.eigenvalues[0]), m_lambda=tr / P, trace=tr, trace_stderr=se, parameters=P,
+            samples=T, outputs=self.C, eigenvalues=np.asarray(lz.eigenvalues[:kk], dtype=float),
+            method=f"lanczos, {how}", products=op.products - self.start, eigenvalue_errors=lz.errors.copy(),
+            converged=lz.converged and not meter.exhausted, route=op.route, stopped=lz.stopped,
+            curvature=self.cop.curvature)
+
+    def trace_of(self, lz: krylov.LanczosResult, cen: bool) -> tuple[float, float, str]:
+        """(trace, its standard error, how): exact (T·C VJPs, once) where it costs no more products than
+        the Lanczos run (``trace="auto"``), else deflated Hutchinson on the run's basis."""
+        n, meter = self.n, self.meter
+        how = self.trace if self.trace != "auto" else ("exact" if n <= 2 * lz.products else "hutchinson")
+        if meter.exhausted and how == "exact":
+            how = "hutchinson"
+        if how == "exact":
+            if self.main_trace is None or not self.main_trace[2]:
+                self.main_trace = (_exact_trace(self.op, self.chunk), 0.0, True)
+            tr = self.main_trace[0] - (self.mean_of_f() if cen else 0.0)
+            return tr, 0.0, "exact trace"
+        offset = 0.0
+        if not cen and self.probes is None and any(c for v, c in self.want.items() if v != "main") \
+                and not meter.exhausted:
+            # tr F̄* = tr F* − (C VJPs): aim the main estimate's standard error at rtol·tr F̄*
+            offset = self.mean_of_f()
+        tr, se, how = _stochastic_trace(self.op, lz, cen, self.T, self.C, n, self.probes, self.trace_rtol, self.seed,
+                                        meter, self.main_trace, self.mean_of_f, offset)
+        if not cen:
+            self.main_trace = (tr, se, se == 0.0)
+        return tr, se, how
 
 
 def _stochastic_trace(op, lz, cen, T, C, n, probes, trace_rtol, seed, meter, main_trace, mean_part, offset=0.0):

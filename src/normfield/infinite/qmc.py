@@ -112,7 +112,7 @@ def _bn_only(node, parent_bn: bool, out: dict[int, bool]) -> None:
 
 
 class _Sampler:
-    """Draws of one Gaussian component for one replicate (module docstring, route 6).
+    """Draws of one Gaussian component for one replicate (:mod:`normfield.infinite.expect`, route 7).
 
     A component read only through train-mode batch norm is drawn in polar form on the range of
     ``S = MΣM`` (rank k): ``y = ρ L_S θ`` with ``θ = g/‖g‖``, ``g ~ N(0, I_k)``, and ``ρ`` from the
@@ -236,7 +236,7 @@ def _tangents(vals: Mapping[int, torch.Tensor], th: Mapping[int, torch.Tensor], 
 def general_route(node, comps: Mapping[int, Component], *, seed: int, tol: float,
                   upstream: tuple[float, float] = (0.0, 0.0), start: int | None = None,
                   cap: int | None = None) -> Moments:
-    """Route 6 of the module docstring: randomised quasi-Monte Carlo, per replicate.
+    """Route 7 of :mod:`normfield.infinite.expect`: randomised quasi-Monte Carlo, per replicate.
 
     Args:
         node: expression; comps: its components.

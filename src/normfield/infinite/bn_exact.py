@@ -113,6 +113,14 @@ def _level_nodes(level: int) -> tuple[np.ndarray, float]:
     return k * h, h
 
 
+def _exp_sinh_nodes(level: int, tau0: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The t-nodes new at ``level`` of the exp-sinh rule ``t = τ₀ exp(π/2 sinh u)`` (step 4), their
+    weights ``dt/du`` and the step h in u."""
+    u, h = _level_nodes(level)
+    e = np.exp(0.5 * math.pi * np.sinh(u))
+    return tau0 * e, tau0 * 0.5 * math.pi * np.cosh(u) * e, h
+
+
 def _check(Sigma: Any, Theta: Any, activation: ActivationLike, eps: Any, ntk: bool):
     act = get_activation(activation)
     if act.linear_parts is None:
@@ -320,9 +328,7 @@ def bn_homogeneous(Sigma: Any, Theta: Any, activation: ActivationLike, *, eps: f
     stop = None
     errs = {"K": math.inf, "JTJ": math.inf, "mean": math.inf}
     for level in range(_MAX_LEVEL + 1):
-        u, h = _level_nodes(level)
-        t = tau0 * np.exp(0.5 * math.pi * np.sinh(u))
-        om = tau0 * 0.5 * math.pi * np.cosh(u) * np.exp(0.5 * math.pi * np.sinh(u))
+        t, om, h = _exp_sinh_nodes(level, tau0)
         env = _envelope(t, om, lam, T, eps)
         if ref is None:
             ref = env.max(axis=0)

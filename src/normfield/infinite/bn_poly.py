@@ -63,7 +63,7 @@ import numpy as np
 from normfield.core.activations import Activation
 from normfield.errors import NormfieldError
 from normfield.gram.meanfield import _center
-from normfield.infinite.bn_exact import _MAX_LEVEL, _level_nodes
+from normfield.infinite.bn_exact import _MAX_LEVEL, _exp_sinh_nodes
 
 __all__ = ["bn_polynomial", "hermite_fit", "clean_coefficients", "POLY_DEGREE"]
 
@@ -277,9 +277,7 @@ def bn_polynomial(Sigma: Any, Theta: Any, coef: Any, *, eps: float = 1e-5, ntk: 
     err = math.inf
     mag = 0.0
     for level in range(_MAX_LEVEL + 1):
-        u, h = _level_nodes(level)
-        t = tau0 * np.exp(0.5 * math.pi * np.sinh(u))
-        om = tau0 * 0.5 * math.pi * np.cosh(u) * np.exp(0.5 * math.pi * np.sinh(u))
+        t, om, h = _exp_sinh_nodes(level, tau0)
         x = 2.0 * t[:, None] * lam[None, :] / T
         base = om * np.exp(-t * eps - 0.5 * np.log1p(x).sum(axis=1))
         cmax = (t[:, None] * lam[None, :] / (1.0 + x)).max(axis=1)

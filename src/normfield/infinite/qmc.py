@@ -29,6 +29,7 @@ with them (unit j carries row j), not drawn independently.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping
 
@@ -127,8 +128,7 @@ class _Sampler:
     def __init__(self, comp: Component, r: int, bn_only: bool) -> None:
         T = comp.cov.shape[1]
         self.T = T
-        Lt = _factor(comp.ntk[r])
-        self.Lt = torch.as_tensor(Lt[:, np.abs(Lt).max(axis=0) > 0])  # columns l_j: Σ_j l_j l_jᵀ = Θ
+        self._ntk = comp.ntk[r]
         self.polar = False
         if bn_only:
             Mm = np.eye(T) - 1.0 / T
@@ -144,6 +144,13 @@ class _Sampler:
         if not self.polar:
             self.L = torch.as_tensor(_factor(comp.cov[r]))
         self.dim = self.k + 1 if self.polar else T
+
+    @functools.cached_property
+    def Lt(self) -> torch.Tensor:
+        """(T, P) columns ``l_j`` with ``Σ_j l_j l_jᵀ = Θ`` (the tangents of the general route; the
+        batch-norm route reads ``Θ`` whole and never needs them)."""
+        Lt = _factor(self._ntk)
+        return torch.as_tensor(Lt[:, np.abs(Lt).max(axis=0) > 0])
 
     def draw(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(h, weight)`` from the (N, dim) block ``q``; ``weight`` None for plain draws."""
